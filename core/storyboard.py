@@ -1,0 +1,399 @@
+"""The storyboard: the story, its steps and every attempt, saved as a folder a person can browse.
+
+A saved storyboard folder holds ``storyboard.json`` (versioned), ``steps/`` (the kept image of each step),
+``attempts/`` (every generated image), ``inputs/`` (the user's images), ``index.html`` and ``story.md``.
+Folders are written under a temporary name and renamed into place, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .messages import to_rgb, white_canvas
+from .protocol import Plan, PlanStep, Verdict
+
+SCHEMA_VERSION = 1
+FILENAME = "storyboard.json"
+
+# Attempt status: what the Critic said of the image.
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+UNCHECKED = "unchecked"  # no critic, or its output never parsed: the image is kept unjudged
+ATTEMPT_STATUSES = (ACCEPTED, REJECTED, UNCHECKED)
+TEXT_ONLY = "text"  # step status of a step without a generator prompt
+
+
+class StoryboardError(ValueError):
+    pass
+
+
+def normalize_image(image: Image.Image) -> Image.Image:
+    """RGB with no format metadata, so an image equals itself after a PNG round trip."""
+    image = to_rgb(image)
+    if image.info:
+        image = image.copy()
+        image.info = {}
+    return image
+
+
+@dataclass(eq=True)
+class Attempt:
+    number: int
+    prompt: str
+    seed: int
+    route: str
+    image: Image.Image
+    status: str
+    verdict: Verdict | None = None
+    critic_output: str = ""
+    critic_error: str = ""
+    generate_seconds: float = 0.0
+    critic_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status not in ATTEMPT_STATUSES:
+            raise StoryboardError(f"unknown attempt status {self.status!r}")
+        self.image = normalize_image(self.image)
+
+
+@dataclass(eq=True)
+class Step:
+    plan_step: PlanStep
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def number(self) -> int:
+        return self.plan_step.step_number
+
+    @property
+    def text(self) -> str:
+        return self.plan_step.display_text
+
+    @property
+    def kept(self) -> Attempt | None:
+        """The attempt whose image the story uses: the last one (an accepted one ends the retries)."""
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def image(self) -> Image.Image | None:
+        return self.kept.image if self.kept else None
+
+    @property
+    def status(self) -> str:
+        return self.kept.status if self.kept else TEXT_ONLY
+
+
+@dataclass(eq=True)
+class Storyboard:
+    instruction: str
+    mode: str
+    plan: Plan
+    steps: list[Step]
+    input_images: list[Image.Image] = field(default_factory=list)
+    width: int = 1024
+    height: int = 1024
+    seed: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+    planner_output: str = ""
+    planner_tries: int = 1
+    timings: dict[str, float] = field(default_factory=dict)
+    story_id: str = ""
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        self.input_images = [normalize_image(image) for image in self.input_images]
+
+    # -- reading ------------------------------------------------------------------------------------------
+    @property
+    def images(self) -> list[Image.Image]:
+        """The kept image of every image step, in order."""
+        return [step.image for step in self.steps if step.image is not None]
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        return [attempt for step in self.steps for attempt in step.attempts]
+
+    def text(self, separator: str = "\n\n") -> str:
+        return separator.join(step.text for step in self.steps if step.text)
+
+    def before_image(self, index: int) -> Image.Image:
+        """The image that step ``index`` (0-based) edits: the previous kept image, the last input image, or
+        the white canvas a narrative story starts from."""
+        for step in reversed(self.steps[:index]):
+            if step.image is not None:
+                return step.image
+        if self.mode == "guidance" and self.input_images:
+            return self.input_images[-1]
+        return white_canvas(self.width, self.height)
+
+    # -- (de)serialisation --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "story_id": self.story_id,
+            "created": self.created,
+            "instruction": self.instruction,
+            "mode": self.mode,
+            "width": self.width,
+            "height": self.height,
+            "seed": self.seed,
+            "settings": self.settings,
+            "timings": self.timings,
+            "planner": {"output": self.planner_output, "tries": self.planner_tries, "reasoning": self.plan.reasoning},
+            "plan": self.plan.to_dict(),
+            "inputs": [f"inputs/input-{i + 1:02d}.png" for i in range(len(self.input_images))],
+            "steps": [
+                {
+                    "step_number": step.number,
+                    "status": step.status,
+                    "text": step.text,
+                    "image": _step_file(step) if step.image is not None else None,
+                    "attempts": [
+                        {
+                            "number": a.number,
+                            "prompt": a.prompt,
+                            "seed": a.seed,
+                            "route": a.route,
+                            "status": a.status,
+                            "image": _attempt_file(step, a),
+                            "verdict": a.verdict.to_dict() | {"reasoning": a.verdict.reasoning} if a.verdict else None,
+                            "critic_output": a.critic_output,
+                            "critic_error": a.critic_error,
+                            "generate_seconds": a.generate_seconds,
+                            "critic_seconds": a.critic_seconds,
+                        }
+                        for a in step.attempts
+                    ],
+                }
+                for step in self.steps
+            ],
+        }
+
+    def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the storyboard folder atomically and return its path."""
+        folder = Path(folder)
+        if folder.exists() and not overwrite:
+            raise StoryboardError(f"{folder} already exists; choose another folder or allow overwriting")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            self._write(tmp)
+            replace_folder(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+    def _write(self, root: Path) -> None:
+        for sub in ("inputs", "steps", "attempts"):
+            (root / sub).mkdir(parents=True)
+        data = self.to_dict()
+        for image, name in zip(self.input_images, data["inputs"]):
+            image.save(root / name)
+        for step in self.steps:
+            for attempt in step.attempts:
+                attempt.image.save(root / _attempt_file(step, attempt))
+            if step.kept is not None:
+                shutil.copyfile(root / _attempt_file(step, step.kept), root / _step_file(step))
+        (root / FILENAME).write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+        (root / "index.html").write_text(render_html(self), encoding="utf-8")
+        (root / "story.md").write_text(render_markdown(self), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Storyboard":
+        folder = Path(folder)
+        path = folder / FILENAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise StoryboardError(f"no storyboard in {folder} ({FILENAME} is missing)") from None
+        except (OSError, ValueError) as error:
+            raise StoryboardError(f"cannot read {path}: {error}") from None
+        version = data.get("version")
+        if version != SCHEMA_VERSION:
+            raise StoryboardError(f"{path} has schema version {version!r}; this release reads {SCHEMA_VERSION}")
+        try:
+            planner = data.get("planner", {})
+            plan = Plan.from_dict(data["plan"], reasoning=planner.get("reasoning", ""))
+            steps = []
+            for plan_step, raw in zip(plan.steps, data["steps"]):
+                attempts = [
+                    Attempt(
+                        number=a["number"],
+                        prompt=a["prompt"],
+                        seed=a["seed"],
+                        route=a["route"],
+                        image=_open(folder / a["image"]),
+                        status=a["status"],
+                        verdict=_verdict(a.get("verdict")),
+                        critic_output=a.get("critic_output", ""),
+                        critic_error=a.get("critic_error", ""),
+                        generate_seconds=a.get("generate_seconds", 0.0),
+                        critic_seconds=a.get("critic_seconds", 0.0),
+                    )
+                    for a in raw["attempts"]
+                ]
+                steps.append(Step(plan_step, attempts))
+            return cls(
+                instruction=data["instruction"],
+                mode=data["mode"],
+                plan=plan,
+                steps=steps,
+                input_images=[_open(folder / name) for name in data.get("inputs", [])],
+                width=data["width"],
+                height=data["height"],
+                seed=data["seed"],
+                settings=data.get("settings", {}),
+                planner_output=planner.get("output", ""),
+                planner_tries=planner.get("tries", 1),
+                timings=data.get("timings", {}),
+                story_id=data.get("story_id", ""),
+                created=data.get("created", ""),
+                version=version,
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise StoryboardError(f"{path} is damaged: {error}") from None
+
+
+def replace_folder(tmp: Path, folder: Path) -> None:
+    """Move the finished ``tmp`` folder to ``folder``, replacing an old one without a moment of absence."""
+    if not folder.exists():
+        os.rename(tmp, folder)
+        return
+    old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(folder, old)
+    os.rename(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _step_file(step: Step) -> str:
+    return f"steps/step-{step.number:02d}.png"
+
+
+def _attempt_file(step: Step, attempt: Attempt) -> str:
+    return f"attempts/step-{step.number:02d}-attempt-{attempt.number}.png"
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return normalize_image(image.convert("RGB"))
+    except (OSError, ValueError) as error:
+        raise StoryboardError(f"cannot open image {path}: {error}") from None
+
+
+def _verdict(data: dict | None) -> Verdict | None:
+    if not data:
+        return None
+    return Verdict(bool(data["previous_step_success"]), data.get("refine_prompt", ""), data.get("reasoning", ""))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pages
+
+
+_CSS = """
+body{font:17px/1.55 system-ui,-apple-system,Segoe UI,sans-serif;max-width:880px;margin:2em auto;padding:0 1em;
+color:#1d1d1f;background:#fafafa}
+h1{font-size:1.5em;line-height:1.3}
+.meta{color:#666;font-size:.85em}
+.step{background:#fff;border-radius:12px;box-shadow:0 1px 4px #0002;margin:1.6em 0;padding:1.1em 1.3em}
+.step h2{font-size:1.1em;margin:.1em 0 .6em}
+.step img.main{display:block;max-width:100%;border-radius:8px;margin:.4em auto}
+.badge{display:inline-block;font-size:.72em;padding:.1em .6em;border-radius:1em;margin-left:.5em;
+vertical-align:middle;background:#eee;color:#333}
+.accepted{background:#dcf5e3;color:#14532d}.rejected{background:#fde2e1;color:#7f1d1d}
+.unchecked{background:#fef3c7;color:#78350f}
+details{margin-top:.8em;font-size:.9em}
+.attempt{display:flex;gap:1em;align-items:flex-start;border-top:1px solid #eee;padding:.6em 0}
+.attempt img{width:160px;border-radius:6px;flex:none}
+.attempt p{margin:.2em 0}
+code,pre{font-size:.85em;white-space:pre-wrap;word-break:break-word}
+.inputs img{max-width:200px;border-radius:6px;margin-right:.5em}
+"""
+
+
+def _badge(status: str) -> str:
+    return f'<span class="badge {html.escape(status)}">{html.escape(status)}</span>'
+
+
+def render_html(story: Storyboard) -> str:
+    e = html.escape
+    out = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        '<meta name=viewport content="width=device-width,initial-scale=1">',
+        f"<title>{e(story.instruction[:80])}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(story.instruction)}</h1>",
+        f'<p class=meta>{e(story.mode)} plan · {len(story.steps)} steps · seed {story.seed}'
+        f' · {e(str(story.settings.get("generator", "")))} · {e(story.created)}</p>',
+    ]
+    if story.input_images:
+        out.append('<div class=inputs>' + "".join(
+            f'<img src="inputs/input-{i + 1:02d}.png" alt="input {i + 1}">' for i in range(len(story.input_images))
+        ) + "</div>")
+    for step in story.steps:
+        title = e(step.plan_step.step_name or f"Step {step.number}")
+        out.append(f'<section class=step id="step-{step.number}"><h2>{step.number}. {title}'
+                   f'{_badge(step.status) if step.attempts else ""}</h2>')
+        if step.image is not None:
+            out.append(f'<img class=main src="{_step_file(step)}" alt="{title}">')
+        if step.text:
+            out.append(f"<p>{e(step.text)}</p>")
+        if step.attempts:
+            out.append(f"<details><summary>{len(step.attempts)} attempt(s)</summary>")
+            for a in step.attempts:
+                reason = a.verdict.reasoning if a.verdict else a.critic_error
+                out.append(
+                    f'<div class=attempt><img src="{_attempt_file(step, a)}" alt="attempt {a.number}"><div>'
+                    f"<p><b>Attempt {a.number}</b>{_badge(a.status)}</p>"
+                    f"<p><code>{e(a.prompt)}</code></p>"
+                    + (f"<p>{e(reason)}</p>" if reason else "")
+                    + f'<p class=meta>{e(a.route)} · seed {a.seed} · generate {a.generate_seconds:.2f} s'
+                    f" · critic {a.critic_seconds:.2f} s</p></div></div>"
+                )
+            out.append("</details>")
+        out.append("</section>")
+    out.append(f"<details><summary>Plan</summary><pre>{e(story.plan.to_json())}</pre></details>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def render_markdown(story: Storyboard) -> str:
+    lines = [f"# {story.instruction}", ""]
+    for step in story.steps:
+        lines.append(f"## {step.number}. {step.plan_step.step_name or 'Step ' + str(step.number)}")
+        lines.append("")
+        if step.image is not None:
+            lines += [f"![step {step.number}]({_step_file(step)})", ""]
+        if step.text:
+            lines += [step.text, ""]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "ACCEPTED",
+    "ATTEMPT_STATUSES",
+    "Attempt",
+    "REJECTED",
+    "SCHEMA_VERSION",
+    "Step",
+    "Storyboard",
+    "StoryboardError",
+    "TEXT_ONLY",
+    "UNCHECKED",
+    "normalize_image",
+    "render_html",
+    "render_markdown",
+    "replace_folder",
+]

@@ -1,0 +1,1 @@
+"""The sandbox world: procedural scenes with ground truth, for demos and honest evaluation."""
