@@ -204,6 +204,12 @@ def load_models(args: argparse.Namespace) -> Models:
     from .prompts import load_template
 
     decoding = Decoding(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    if args.quiet:  # the libraries' own loading bars too
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
 
     def agent(spec: str, model: str | None):
         if spec.lower().startswith(("http://", "https://")):

@@ -128,7 +128,7 @@ class OpenAIAgent:
                 if isinstance(reason, (socket.timeout, TimeoutError)):
                     last = f"no answer within {self.timeout:g} s"
                 else:
-                    last = f"unreachable ({reason})"
+                    last = f"unreachable ({reason}); is the server running at that address?"
             except (ConnectionError, OSError) as error:
                 last = f"connection failed ({error})"
             except json.JSONDecodeError:

@@ -1,0 +1,160 @@
+"""Both agent backends: a tiny real Qwen3-VL through transformers, and chat completions over loopback HTTP."""
+
+import base64
+import io
+
+import pytest
+from helpers import ChatServer, free_port, plan_text, verdict_text
+from PIL import Image
+
+from interleave_thinker.core.agents import AgentError, Decoding, load_agent
+from interleave_thinker.core.loop import LoopConfig, make_plan
+from interleave_thinker.core.messages import critic_messages, planner_messages
+from interleave_thinker.core.protocol import ProtocolError, parse_verdict
+
+SHORT = Decoding(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def tiny_agent(tiny_agent_dir):
+    return load_agent(str(tiny_agent_dir), decoding=SHORT, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# transformers
+
+
+def test_image_tokens_in_the_inputs_match_the_images_sent(tiny_agent):
+    before = Image.new("RGB", (300, 200), "white")
+    after = Image.new("RGB", (64, 64), "red")
+    inputs = tiny_agent.prepare(critic_messages(before, after, "a red square", "a red square"))
+    grid = inputs["image_grid_thw"]
+    assert grid.shape[0] == 2  # before and after, in that order
+    merge = tiny_agent.processor.image_processor.merge_size
+    expected = int(grid.prod(dim=1).sum()) // merge**2
+    image_token = tiny_agent.model.config.image_token_id
+    assert int((inputs["input_ids"] == image_token).sum()) == expected
+    # The wider before image gets more patches than the small square after image.
+    assert grid[0].prod() > grid[1].prod()
+
+
+def test_decoding_returns_the_new_text_and_greedy_is_repeatable(tiny_agent):
+    messages = planner_messages("a red circle, then a blue square")
+    first = tiny_agent.complete(messages, seed=1)
+    again = tiny_agent.complete(messages, seed=99)  # greedy: the seed does not matter
+    assert isinstance(first, str) and first == again
+    inputs = tiny_agent.prepare(messages)
+    output = tiny_agent.model.generate(**inputs, **tiny_agent.generation_kwargs(None))
+    assert output.shape[1] - inputs["input_ids"].shape[1] <= SHORT.max_new_tokens
+    expected = tiny_agent.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert first == expected.strip()
+
+
+def test_sampling_is_seeded(tiny_agent):
+    messages = planner_messages("a red circle")
+    one = tiny_agent.complete(messages, seed=5, temperature=1.0)
+    assert one == tiny_agent.complete(messages, seed=5, temperature=1.0)
+
+
+def test_end_of_turn_stops_generation(tiny_agent):
+    vocab = tiny_agent.tokenizer.get_vocab()
+    assert vocab["<|im_end|>"] in tiny_agent.eos_token_id
+
+
+def test_garbage_from_a_real_model_ends_in_bounded_resampling_and_the_typed_error(tiny_agent, monkeypatch):
+    calls = []
+    generate = tiny_agent.model.generate
+
+    def counting_generate(**kwargs):
+        calls.append(kwargs.get("do_sample"))
+        return generate(**kwargs)
+
+    monkeypatch.setattr(tiny_agent.model, "generate", counting_generate)
+    with pytest.raises(ProtocolError, match="no valid plan after 2 tries"):
+        make_plan(tiny_agent, "a red circle", config=LoopConfig(planner_tries=2))
+    assert calls == [False, True]  # greedy first, then one re-sample
+
+
+def test_missing_model_folder_names_where_it_looked(tmp_path):
+    with pytest.raises(AgentError, match=f"model folder not found: {tmp_path / 'nope'}"):
+        load_agent(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AgentError, match="has no config.json"):
+        load_agent(str(tmp_path / "empty"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OpenAI-compatible HTTP
+
+
+def _critic_call():
+    return critic_messages(Image.new("RGB", (32, 32), "white"), Image.new("RGB", (32, 32), "blue"), "a", "b")
+
+
+def test_http_request_carries_model_images_and_key_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TEST_AGENT_KEY", "s3cret")
+    with ChatServer(lambda body, n: verdict_text(True)) as server:
+        agent = load_agent(server.url, model="critic-8b", api_key_env="TEST_AGENT_KEY", decoding=SHORT)
+        answer = agent.complete(_critic_call(), seed=3)
+    assert parse_verdict(answer).accepted is True
+    request = server.requests[0]
+    assert request["model"] == "critic-8b" and request["max_tokens"] == SHORT.max_new_tokens
+    assert request["temperature"] == 0.0 and request["seed"] == 3
+    assert request["_headers"]["Authorization"] == "Bearer s3cret"
+    parts = request["messages"][0]["content"]
+    assert [part["type"] for part in parts] == ["image_url", "image_url", "text"]
+    header, data = parts[1]["image_url"]["url"].split(",", 1)
+    assert header == "data:image/png;base64"
+    assert Image.open(io.BytesIO(base64.b64decode(data))).getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_http_500_is_retried_with_backoff_then_answers():
+    waits = []
+    replies = [(500, {"error": {"message": "overloaded"}}), plan_text("a cat")]
+    with ChatServer(lambda body, n: replies[n]) as server:
+        agent = load_agent(server.url, model="m")
+        agent._sleep = waits.append
+        assert "execution_plan" in agent.complete(planner_messages("a cat"), seed=0)
+    assert len(server.requests) == 2 and waits == [1.0]
+
+
+def test_http_errors_name_the_url_and_status():
+    with ChatServer(lambda body, n: (500, {"error": {"message": "model crashed"}})) as server:
+        agent = load_agent(server.url, model="m")
+        agent.retries, agent._sleep = 2, lambda s: None
+        with pytest.raises(AgentError) as caught:
+            agent.complete(planner_messages("a cat"), seed=0)
+    message = str(caught.value)
+    assert server.url in message and "HTTP 500" in message and "model crashed" in message
+    assert "after 3 attempt(s)" in message and len(server.requests) == 3
+
+
+def test_http_client_errors_are_not_retried():
+    with ChatServer(lambda body, n: (404, {"error": "no such model"})) as server:
+        agent = load_agent(server.url, model="m")
+        with pytest.raises(AgentError, match="HTTP 404: no such model"):
+            agent.complete(planner_messages("a cat"), seed=0)
+    assert len(server.requests) == 1
+
+
+def test_http_timeout_is_bounded():
+    with ChatServer(lambda body, n: ("sleep", 1.5)) as server:
+        agent = load_agent(server.url, model="m", timeout=0.3)
+        agent.retries, agent._sleep = 1, lambda s: None
+        with pytest.raises(AgentError, match=r"no answer within 0.3 s after 2 attempt\(s\)"):
+            agent.complete(planner_messages("a cat"), seed=0)
+
+
+def test_unreachable_endpoint_says_so():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    agent = load_agent(url, model="m")
+    agent.retries = 0
+    with pytest.raises(AgentError, match="unreachable") as caught:
+        agent.complete(planner_messages("a cat"), seed=0)
+    assert url in str(caught.value)
+
+
+def test_a_missing_api_key_variable_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(AgentError, match="environment variable NO_SUCH_KEY_VAR is not set"):
+        load_agent("http://127.0.0.1:1/v1", model="m", api_key_env="NO_SUCH_KEY_VAR")
