@@ -351,7 +351,8 @@ def render_html(story: Storyboard) -> str:
         if step.text:
             out.append(f"<p>{e(step.text)}</p>")
         if step.attempts:
-            out.append(f"<details><summary>{len(step.attempts)} attempt(s)</summary>")
+            count = len(step.attempts)
+            out.append(f"<details><summary>{count} attempt{'' if count == 1 else 's'}</summary>")
             for a in step.attempts:
                 reason = a.verdict.reasoning if a.verdict else a.critic_error
                 out.append(
