@@ -1,0 +1,281 @@
+"""Load Agent, Planner and Critic: the VLM side of the pack."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+import urllib.request
+
+from ..core.agents import AgentError, Decoding
+from ..core.agents.transformers_agent import DTYPES
+from ..core.loop import Cancelled, LoopConfig, derive_seed, make_plan
+from ..core.messages import MessageError, critic_messages
+from ..core.protocol import MAX_PLAN_STEPS, ProtocolError, parse_verdict
+from . import memory
+from .host import (
+    NodeError,
+    find_agent_folder,
+    folder_fingerprint,
+    interrupted,
+    list_agent_folders,
+    module,
+    raise_interrupted,
+)
+from .images import single, to_pil
+from .types import AGENT, CATEGORY, PLAN, StoryPlan
+
+LOCAL = "local folder (models/LLM)"
+ENDPOINT = "OpenAI-compatible endpoint"
+KEEP = "keep on GPU"
+OFFLOAD = "offload to CPU between calls"
+MEMORY_POLICIES = {KEEP: "keep", OFFLOAD: "offload"}
+DEVICES = ("auto", "cpu")
+CRITIC_TRIES = 2
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+PROBE_TIMEOUT = 10.0
+
+
+def _seed_input(tooltip: str):
+    return ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True, "tooltip": tooltip})
+
+
+class LoadAgent:
+    """A Planner/Critic VLM: a folder in models/LLM run with transformers, or an OpenAI-compatible server."""
+
+    DESCRIPTION = ("Loads a vision-language model to act as Planner and/or Critic. One agent can serve both roles. "
+                   "Local folders live in models/LLM; endpoints (vLLM, Ollama, LM Studio) take their key from an "
+                   "environment variable, never from the graph.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (AGENT,)
+    RETURN_NAMES = ("agent",)
+    OUTPUT_TOOLTIPS = ("The agent handle; connect it to a Planner, a Critic or the Refine Loop's critic.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "backend": ([LOCAL, ENDPOINT], {"default": LOCAL, "tooltip":
+                            "Run a model folder from models/LLM here, or call an OpenAI-compatible server."}),
+                "model": (list_agent_folders(), {"tooltip":
+                          "A Hugging Face VLM folder (with config.json) inside models/LLM. Local backend only."}),
+                "endpoint_url": ("STRING", {"default": "http://127.0.0.1:8000/v1", "tooltip":
+                                 "Base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1. "
+                                 "Endpoint backend only."}),
+                "endpoint_model": ("STRING", {"default": "", "tooltip":
+                                   "The model name the server knows. Endpoint backend only."}),
+                "api_key_env": ("STRING", {"default": "", "tooltip":
+                                "Name of the environment variable that holds the API key (not the key itself); "
+                                "empty for servers without a key. Endpoint backend only."}),
+                "dtype": (list(DTYPES), {"default": "auto", "tooltip":
+                          "Weight precision; auto is bf16/fp16 on a GPU and fp32 on the CPU. Local backend only."}),
+                "device": (list(DEVICES), {"default": "auto", "tooltip":
+                           "auto runs on ComfyUI's device (the GPU if it has one); cpu keeps the agent off the "
+                           "GPU. Local backend only."}),
+                "memory": (list(MEMORY_POLICIES), {"default": KEEP, "tooltip":
+                           "keep on GPU: stays there between calls and leaves only when the diffusion model needs "
+                           "the room. offload: back to the CPU after every call (slower, smallest footprint)."}),
+                "max_new_tokens": ("INT", {"default": 2048, "min": 1, "max": 32768, "tooltip":
+                                   "Upper bound on the length of one answer."}),
+                "temperature": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip":
+                                "0 decodes greedily (same answer every run); above 0 samples, seeded."}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, backend, model, endpoint_url, endpoint_model):
+        try:
+            if backend == LOCAL:
+                find_agent_folder(model)
+            elif backend == ENDPOINT:
+                _check_endpoint(endpoint_url, endpoint_model)
+            else:
+                return f"backend must be {LOCAL!r} or {ENDPOINT!r}, got {backend!r}"
+        except NodeError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, backend, model, **kwargs):
+        """Local folders rerun when any file in them changes; endpoints are cached on their settings."""
+        if backend != LOCAL:
+            return ""
+        try:
+            folder = find_agent_folder(model)
+        except NodeError:
+            return "missing"
+        return hashlib.sha256(folder_fingerprint(folder).encode()).hexdigest()
+
+    def load(self, backend, model, endpoint_url, endpoint_model, api_key_env, dtype, device, memory,
+             max_new_tokens, temperature):
+        decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature)
+        try:
+            if backend == ENDPOINT:
+                return (self._endpoint(endpoint_url, endpoint_model, api_key_env, decoding),)
+            return (self._local(model, dtype, device, memory, decoding),)
+        except AgentError as error:
+            raise NodeError(str(error)) from None
+
+    @staticmethod
+    def _local(model, dtype, device, policy, decoding):
+        from ..core.agents.transformers_agent import TransformersAgent
+
+        if policy not in MEMORY_POLICIES:
+            raise NodeError(f"memory must be {KEEP!r} or {OFFLOAD!r}, got {policy!r}")
+        folder = find_agent_folder(model)
+        if device == "auto":
+            device = str(module("comfy.model_management").get_torch_device())
+        agent = TransformersAgent(folder, dtype=dtype, device=device, decoding=decoding,
+                                  memory=MEMORY_POLICIES[policy], make_room=memory.make_room)
+        memory.track(agent)
+        return agent
+
+    @staticmethod
+    def _endpoint(url, model, api_key_env, decoding):
+        from ..core.agents.openai_agent import OpenAIAgent
+
+        _check_endpoint(url, model)
+        agent = OpenAIAgent(url, model.strip(), api_key_env=api_key_env.strip() or None, decoding=decoding)
+        _probe(url.strip().rstrip("/"))
+        return agent
+
+
+def _check_endpoint(url: str, model: str) -> None:
+    if not str(url).strip().lower().startswith(("http://", "https://")):
+        raise NodeError(f"endpoint_url must start with http:// or https:// (got {url!r}), "
+                        f"e.g. http://127.0.0.1:8000/v1")
+    if not str(model).strip():
+        raise NodeError("endpoint_model is empty: give the model name the server serves")
+
+
+def _probe(base_url: str) -> None:
+    """Fail on the loader, in plain words, when nothing answers at the URL; any HTTP answer will do."""
+    try:
+        with urllib.request.urlopen(base_url + "/models", timeout=PROBE_TIMEOUT):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered; a server without /models is still a server
+    except OSError as error:  # refused, unresolvable, timed out
+        reason = getattr(error, "reason", error)
+        raise NodeError(f"cannot reach the endpoint at {base_url}: {reason}. Start the server or fix "
+                        f"endpoint_url") from None
+
+
+class Planner:
+    """The Planner: one instruction (and optional images) into an ordered plan of steps."""
+
+    DESCRIPTION = ("Asks the agent for a plan: the steps of the story or process, each with a prompt for the "
+                   "image model and text for the reader. Same inputs and seed give the same plan (cached).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (PLAN, "STRING")
+    RETURN_NAMES = ("plan", "plan_json")
+    OUTPUT_TOOLTIPS = ("The plan, for the Refine Loop or Plan to Prompts.",
+                       "The plan as JSON in the official execution_plan format.")
+    FUNCTION = "plan"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "agent": (AGENT, {"tooltip": "The Planner model, from Load Agent."}),
+                "instruction": ("STRING", {"multiline": True, "default": "", "tooltip":
+                                "What to illustrate: a story, a process, a recipe. With images, an <image> marker "
+                                "places each one in the text; without markers they come first."}),
+                "mode": (["auto", "narrative", "guidance"], {"default": "auto", "tooltip":
+                         "narrative: a story drawn from a white canvas. guidance: continue from your last "
+                         "image. auto: guidance when images are connected, narrative otherwise."}),
+                "max_steps": ("INT", {"default": 8, "min": 1, "max": MAX_PLAN_STEPS, "tooltip":
+                              "Plans longer than this are rejected and the Planner asked again."}),
+                "seed": _seed_input("Seeds the Planner's re-sampling when an answer does not parse."),
+            },
+            "optional": {
+                "images": ("IMAGE", {"tooltip": "Optional pictures for the Planner to read (guidance mode)."}),
+            },
+        }
+
+    def plan(self, agent, instruction, mode, max_steps, seed, images=None):
+        pictures = to_pil(images)
+        try:
+            config = LoopConfig(max_steps=max_steps, seed=seed, mode=mode)
+            result = make_plan(agent, instruction, pictures, config=config, cancel=interrupted)
+        except Cancelled:
+            raise_interrupted()
+        except ProtocolError as error:
+            empty = "" if error.excerpt else " (its answer was empty)"
+            raise NodeError(f"the Planner ({_name(agent)}) gave no valid plan: {error.reason}{empty}. Try another "
+                            f"seed, a larger max_new_tokens, or a model trained for planning") from None
+        except (MessageError, ValueError) as error:
+            raise NodeError(str(error)) from None
+        except AgentError as error:
+            raise NodeError(f"the Planner could not answer: {error}") from None
+        return (StoryPlan(result, instruction.strip(), pictures), result.plan.to_json())
+
+
+class Critic:
+    """The Critic: does the after image carry out the step? If not, a better prompt."""
+
+    DESCRIPTION = ("Compares the before and after images with the step and answers accepted, or not accepted "
+                   "with a refined prompt for another attempt. When its answer never parses, the image is kept "
+                   "and the reasoning says so.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("BOOLEAN", "STRING", "STRING")
+    RETURN_NAMES = ("accepted", "refined_prompt", "reasoning")
+    OUTPUT_TOOLTIPS = (
+        "True when the after image does what the step asked (or the verdict never parsed).",
+        "The prompt for the next attempt: the Critic's rewrite, or the prompt used when accepted.",
+        "The Critic's reasoning, or why there is no verdict.",
+    )
+    FUNCTION = "judge"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "agent": (AGENT, {"tooltip": "The Critic model, from Load Agent (may be the Planner's)."}),
+                "before": ("IMAGE", {"tooltip": "The picture before the step (a white canvas for a story's first "
+                           "step)."}),
+                "after": ("IMAGE", {"tooltip": "The picture the image model made for the step."}),
+                "step_instruction": ("STRING", {"multiline": True, "default": "", "tooltip":
+                                     "The step's original prompt from the plan."}),
+                "prompt_used": ("STRING", {"multiline": True, "default": "", "tooltip":
+                                "The prompt actually given to the image model for this picture."}),
+                "seed": _seed_input("Seeds the Critic's re-sampling when an answer does not parse."),
+            }
+        }
+
+    def judge(self, agent, before, after, step_instruction, prompt_used, seed):
+        try:
+            before_image, after_image = single(before, "before image"), single(after, "after image")
+        except ValueError as error:
+            raise NodeError(str(error)) from None
+        if before_image.size != after_image.size:
+            raise NodeError(
+                "the before image is {}x{} but the after image is {}x{}: the Critic compares pictures of one "
+                "size. Scale one of them first".format(*before_image.size, *after_image.size)
+            )
+        messages = critic_messages(before_image, after_image, step_instruction, prompt_used)
+        resample = getattr(getattr(agent, "decoding", None), "resample_temperature", 0.7)
+        problem = ""
+        for attempt in range(CRITIC_TRIES):
+            if interrupted():
+                raise_interrupted()
+            try:
+                output = agent.complete(messages, seed=derive_seed(seed, "critic", attempt),
+                                        temperature=None if attempt == 0 else resample)
+            except AgentError as error:
+                raise NodeError(f"the Critic could not answer: {error}") from None
+            try:
+                verdict = parse_verdict(output)
+            except ProtocolError as error:
+                problem = str(error)
+                continue
+            refined = prompt_used if verdict.accepted else (verdict.refine_prompt or prompt_used)
+            reasoning = verdict.reasoning or ("accepted" if verdict.accepted else "not accepted")
+            return (verdict.accepted, refined, reasoning)
+        reason = f"unchecked: no verdict after {CRITIC_TRIES} tries ({problem}); the image is kept"
+        return (True, prompt_used, reason)
+
+
+def _name(agent) -> str:
+    return str(getattr(agent, "name", type(agent).__name__))
+

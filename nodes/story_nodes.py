@@ -1,0 +1,311 @@
+"""Refine Loop, Plan to Prompts, Save Storyboard and Story List: the story side of the pack."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+from ..core.agents import AgentError
+from ..core.generators.base import EDIT_ROUTE_CHOICES, GeneratorError
+from ..core.loop import (
+    MAX_ATTEMPTS_LIMIT,
+    MAX_SIZE,
+    MIN_SIZE,
+    Cancelled,
+    LoopConfig,
+    StepDone,
+    VerdictReady,
+    run_plan,
+)
+from ..core.protocol import MAX_PLAN_STEPS
+from ..core.storyboard import StoryboardError
+from .agent_nodes import SEED_MAX
+from .host import (
+    NodeError,
+    Progress,
+    input_directory,
+    interrupted,
+    module,
+    output_directory,
+    raise_interrupted,
+)
+from .images import to_tensor
+from .sampling import ComfySampler
+from .types import AGENT, CATEGORY, PLAN, STORYBOARD, sampler_choices
+
+STORY_FILE_TYPES = (".txt", ".jsonl", ".ndjson")
+NO_FILE = "(none)"
+
+
+class RefineLoop:
+    """The controller: each step of the plan drawn with the loaded model, checked by the Critic, redrawn."""
+
+    DESCRIPTION = ("Carries out a plan with your MODEL/CLIP/VAE through ComfyUI's own sampler. Step 1 is drawn "
+                   "from text; later steps edit the last accepted image by the edit route. Each picture goes to "
+                   "the Critic; a rejected one is redrawn from the same before image with the Critic's prompt, "
+                   "up to max attempts. Without a Critic every first attempt is kept.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "STRING", STORYBOARD, "IMAGE")
+    RETURN_NAMES = ("images", "story", "storyboard", "attempts")
+    OUTPUT_TOOLTIPS = (
+        "The kept image of every step, in order.",
+        "The story text: each step's text for the reader.",
+        "Everything, for Save Storyboard: plan, steps, every attempt, verdicts, route and timings.",
+        "Every attempt of every step, rejected ones included, for inspection.",
+    )
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        samplers, schedulers = sampler_choices()
+        return {
+            "required": {
+                "plan": (PLAN, {"tooltip": "The plan, from the Planner."}),
+                "model": ("MODEL", {"tooltip": "The diffusion model that draws every step."}),
+                "clip": ("CLIP", {"tooltip": "The text encoder for the prompts."}),
+                "vae": ("VAE", {"tooltip": "The VAE that encodes before images and decodes results."}),
+                "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip":
+                                    "What no picture should show (ignored at cfg 1, as with FLUX)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
+                                 "tooltip": "Every step and attempt derives its noise seed from this one: same "
+                                            "seed, same storyboard."}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Sampling steps per picture."}),
+                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                                  "tooltip": "Classifier-free guidance scale (1 for FLUX and other distilled "
+                                             "models)."}),
+                "sampler_name": (samplers, {"default": "euler", "tooltip": "The sampling algorithm."}),
+                "scheduler": (schedulers, {"default": "normal", "tooltip": "The noise schedule."}),
+                "width": ("INT", {"default": 1024, "min": MIN_SIZE, "max": MAX_SIZE, "step": 16, "tooltip":
+                                  "Width of pictures drawn from text (edits keep the before image's size)."}),
+                "height": ("INT", {"default": 1024, "min": MIN_SIZE, "max": MAX_SIZE, "step": 16, "tooltip":
+                                   "Height of pictures drawn from text."}),
+                "edit_route": (list(EDIT_ROUTE_CHOICES), {"default": "auto", "tooltip":
+                               "How a step changes the before image. reference: the before image joins the "
+                               "conditioning (FLUX Kontext, FLUX.2, Qwen-Image-Edit). img2img: re-noise it by "
+                               "denoise. text-to-image: independent pictures. auto: reference for FLUX and "
+                               "Qwen-Image models, img2img otherwise (pick img2img for plain FLUX.1 dev)."}),
+                "denoise": ("FLOAT", {"default": 0.6, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip":
+                                      "img2img only: how much of the before image is redrawn."}),
+                "max_attempts": ("INT", {"default": 3, "min": 1, "max": MAX_ATTEMPTS_LIMIT, "tooltip":
+                                         "Pictures per step at most; the last one is kept if none is accepted."}),
+            },
+            "optional": {
+                "critic": (AGENT, {"tooltip": "The Critic; without one every first attempt is kept."}),
+                "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip":
+                                       "Guidance embedding for FLUX-type models (as FluxGuidance); other "
+                                       "models ignore it."}),
+            },
+        }
+
+    def run(self, plan, model, clip, vae, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width,
+            height, edit_route, denoise, max_attempts, critic=None, guidance=None):
+        try:
+            generator = ComfySampler(
+                model, clip, vae, negative=negative_prompt, steps=steps, cfg=cfg, sampler_name=sampler_name,
+                scheduler=scheduler, denoise=denoise, edit_route=edit_route, guidance=guidance,
+            )
+            config = LoopConfig(max_attempts=max_attempts, max_steps=MAX_PLAN_STEPS, seed=seed, width=width,
+                                height=height, mode=plan.mode)
+        except (GeneratorError, ValueError) as error:
+            raise NodeError(str(error)) from None
+        image_steps = [index for index, step in enumerate(plan.plan.steps) if step.makes_image]
+        progress = Progress(len(image_steps) * max_attempts)
+        done = {"attempts": 0}
+
+        def on_event(event) -> None:
+            if isinstance(event, VerdictReady):
+                done["attempts"] += 1
+                progress.set(done["attempts"])
+            elif isinstance(event, StepDone) and event.step.image is not None:
+                # An accepted step skips its unused attempts on the bar, and shows its picture.
+                done["attempts"] = (image_steps.index(event.step_index) + 1) * max_attempts
+                progress.set(done["attempts"], preview=event.step.image)
+
+        try:
+            story = run_plan(
+                plan.plan, generator, critic, instruction=plan.instruction, images=plan.images, mode=plan.mode,
+                config=config, on_event=on_event, cancel=interrupted, planning=plan.planning,
+            )
+        except Cancelled:
+            raise_interrupted()
+        except GeneratorError as error:
+            raise NodeError(str(error)) from None
+        except AgentError as error:
+            raise NodeError(f"the Critic could not answer: {error}") from None
+        story.settings["sampling"] = generator.settings()
+        # Every picture of a story has one size: the first step's, which every edit keeps.
+        attempts = [attempt.image for attempt in story.attempts]
+        return (to_tensor(story.images), story.text(), story, to_tensor(attempts))
+
+
+class PlanToPrompts:
+    """A plan as lists, for graphs built from core nodes (Planner -> Plan to Prompts -> KSampler -> Critic)."""
+
+    DESCRIPTION = ("Turns a plan into lists: one generator prompt and one reader text per image step, so every "
+                   "node downstream runs once per step. The story output holds the text of all steps.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STRING", "STRING", "STRING")
+    RETURN_NAMES = ("prompts", "texts", "story")
+    OUTPUT_IS_LIST = (True, True, False)
+    OUTPUT_TOOLTIPS = (
+        "The prompt of every image step, as a list.",
+        "The reader's text of every image step, as a list (same order).",
+        "The text of the whole plan, text-only steps included.",
+    )
+    FUNCTION = "split"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"plan": (PLAN, {"tooltip": "The plan, from the Planner."})}}
+
+    def split(self, plan):
+        steps = [step for step in plan.plan.steps if step.makes_image]
+        if not steps:
+            raise NodeError("this plan has no step with a prompt for the image model, so there is nothing to draw")
+        story = "\n\n".join(step.display_text for step in plan.plan.steps if step.display_text)
+        return ([step.prompt for step in steps], [step.display_text for step in steps], story)
+
+
+class SaveStoryboard:
+    """Writes a storyboard folder (storyboard.json, PNGs, index.html, story.md) under ComfyUI's output folder."""
+
+    DESCRIPTION = ("Saves the storyboard as a folder in ComfyUI's output folder: storyboard.json, the step and "
+                   "attempt PNGs, index.html and story.md. The folder appears whole or not at all.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("folder",)
+    OUTPUT_TOOLTIPS = ("The path of the saved storyboard folder.",)
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "storyboard": (STORYBOARD, {"tooltip": "The storyboard, from the Refine Loop."}),
+                "filename_prefix": ("STRING", {"default": "InterleaveThinker/story", "tooltip":
+                                    "Folder name prefix inside the output folder; a counter is added. "
+                                    "%date:yyyy-MM-dd% style and sub-folders work as in Save Image."}),
+            }
+        }
+
+    def save(self, storyboard, filename_prefix):
+        folder_paths = module("folder_paths")
+        output = str(output_directory())
+        try:
+            parent, name, counter, _, _ = folder_paths.get_save_image_path(
+                filename_prefix, output, storyboard.width, storyboard.height
+            )
+        except Exception as error:  # ComfyUI raises a bare Exception for prefixes outside the output folder
+            raise NodeError(f"cannot save under {filename_prefix!r}: {error}") from None
+        folder = Path(parent) / f"{name}_{counter:05}"
+        while folder.exists():
+            counter += 1
+            folder = Path(parent) / f"{name}_{counter:05}"
+        story = storyboard if storyboard.story_id else dataclasses.replace(storyboard, story_id=folder.name)
+        try:
+            story.save(folder)
+        except (OSError, StoryboardError) as error:
+            raise NodeError(f"cannot write the storyboard to {folder}: {error}") from None
+        images = []
+        for step in story.steps:
+            if step.image is not None:
+                path = folder / "steps" / f"step-{step.number:02d}.png"
+                images.append({"filename": path.name, "subfolder": os.path.relpath(path.parent, output),
+                               "type": "output"})
+        return {"ui": {"images": images, "text": [story.text()]}, "result": (str(folder),)}
+
+
+class StoryList:
+    """Many instructions for one graph: ComfyUI runs the Planner, the loop and the save once per story."""
+
+    DESCRIPTION = ("Makes a list of instructions from the text box (one story a line, # for comments) and/or a "
+                   ".txt or .jsonl file in ComfyUI's input folder. Everything downstream runs once per story.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STRING", "INT")
+    RETURN_NAMES = ("instructions", "count")
+    OUTPUT_IS_LIST = (True, False)
+    OUTPUT_TOOLTIPS = ("One instruction per story, as a list.", "How many stories there are.")
+    FUNCTION = "stories"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "stories": ("STRING", {"multiline": True, "default": "", "tooltip":
+                            "One instruction a line; blank lines and lines starting with # are skipped."}),
+                "file": ([NO_FILE] + _story_files(), {"default": NO_FILE, "tooltip":
+                         "A .txt file (one instruction a line) or .jsonl file ({\"instruction\": ...} a line) "
+                         "in ComfyUI's input folder, read after the text box."}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, file):
+        if file == NO_FILE:
+            return True
+        try:
+            _story_path(file)
+        except NodeError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, stories, file):
+        if file == NO_FILE:
+            return ""
+        try:
+            stat = _story_path(file).stat()
+        except (NodeError, OSError):
+            return "missing"
+        return hashlib.sha256(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+
+    def stories(self, stories, file):
+        instructions = [line.strip() for line in stories.splitlines()
+                        if line.strip() and not line.strip().startswith("#")]
+        if file != NO_FILE:
+            instructions += _read_story_file(_story_path(file))
+        if not instructions:
+            raise NodeError("Story List has no stories: write one instruction a line, or choose a file in the "
+                            "input folder")
+        return (instructions, len(instructions))
+
+
+def _story_files() -> list[str]:
+    try:
+        folder = input_directory()
+    except ImportError:
+        return []
+    if not folder.is_dir():
+        return []
+    return sorted(path.name for path in folder.iterdir()
+                  if path.is_file() and path.suffix.lower() in STORY_FILE_TYPES)
+
+
+def _story_path(name: str) -> Path:
+    folder = input_directory()
+    path = folder / name
+    if Path(name).name != name or path.suffix.lower() not in STORY_FILE_TYPES:
+        raise NodeError(f"choose a .txt or .jsonl file directly in the input folder (got {name!r})")
+    if not path.is_file():
+        raise NodeError(f"story file {name!r} not found in the input folder {folder}")
+    return path
+
+
+def _read_story_file(path: Path) -> list[str]:
+    from ..core.cli import UsageError, read_stories
+
+    try:
+        items = read_stories(path)
+    except UsageError as error:
+        raise NodeError(str(error)) from None
+    problems = [item.error for item in items if item.error]
+    problems += [f"{item.where}: Story List passes instructions only; give images to the Planner's images "
+                 f"input instead" for item in items if item.images]
+    problems += [f"{item.where}: Story List passes instructions only; set the seed on the Planner and the "
+                 f"Refine Loop instead" for item in items if item.seed is not None]
+    if problems:
+        raise NodeError("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+    return [item.instruction for item in items]

@@ -1,0 +1,600 @@
+"""The node pack without ComfyUI: declarations, packaging, and the nodes' own logic on small stand-ins.
+
+ComfyUI's modules are replaced here by a few recording stand-ins (model management, progress bars,
+folder_paths); the integration tests in tests/comfyui run the same nodes inside a real ComfyUI.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import tomllib
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ChatServer, ScriptedAgent, free_port, plan_text, verdict_text
+from PIL import Image
+
+from interleave_thinker import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from interleave_thinker.core.generators.base import GeneratorError
+from interleave_thinker.nodes import agent_nodes, memory, sampling, story_nodes
+from interleave_thinker.nodes.host import NodeError
+from interleave_thinker.nodes.images import to_pil, to_tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+SOCKET_TYPES = {"AGENT", "PLAN", "STORYBOARD", "MODEL", "CLIP", "VAE", "IMAGE"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Declarations
+
+
+@pytest.mark.parametrize("name", sorted(NODE_CLASS_MAPPINGS))
+def test_node_declaration_is_valid(name):
+    cls = NODE_CLASS_MAPPINGS[name]
+    assert cls.CATEGORY == "InterleaveThinker"
+    assert NODE_DISPLAY_NAME_MAPPINGS[name] and cls.DESCRIPTION
+    declaration = cls.INPUT_TYPES()
+    assert set(declaration) <= {"required", "optional"} and declaration["required"]
+    inputs = {**declaration["required"], **declaration.get("optional", {})}
+    for input_name, spec in inputs.items():
+        kind, options = spec
+        assert options.get("tooltip"), f"{input_name} has no tooltip"
+        if isinstance(kind, list):
+            assert all(isinstance(choice, str) for choice in kind)
+            if "default" in options:
+                assert options["default"] in kind, input_name
+        else:
+            assert kind in SOCKET_TYPES | WIDGET_TYPES, f"{input_name}: unknown type {kind}"
+        if kind in ("INT", "FLOAT"):
+            assert options["min"] <= options["default"] <= options["max"], input_name
+    assert isinstance(cls.RETURN_TYPES, tuple) and all(isinstance(t, str) for t in cls.RETURN_TYPES)
+    for attribute in ("RETURN_NAMES", "OUTPUT_TOOLTIPS", "OUTPUT_IS_LIST"):
+        if hasattr(cls, attribute):
+            assert len(getattr(cls, attribute)) == len(cls.RETURN_TYPES), attribute
+    # ComfyUI calls FUNCTION with every input by name; optional ones may be left out.
+    parameters = inspect.signature(getattr(cls(), cls.FUNCTION)).parameters
+    assert set(parameters) == set(inputs)
+    for optional in declaration.get("optional", {}):
+        assert parameters[optional].default is None
+    for hook in ("VALIDATE_INPUTS", "IS_CHANGED"):
+        if hasattr(cls, hook):
+            named = [p for p, v in inspect.signature(getattr(cls, hook)).parameters.items() if v.kind != v.VAR_KEYWORD]
+            assert set(named) <= set(inputs), hook
+
+
+def test_the_pack_offers_the_documented_nodes():
+    assert sorted(NODE_DISPLAY_NAME_MAPPINGS.values()) == sorted([
+        "Load Agent", "Planner", "Critic", "Refine Loop", "Plan to Prompts", "Save Storyboard", "Story List",
+    ])
+    assert NODE_CLASS_MAPPINGS["InterleaveThinkerPlanToPrompts"].OUTPUT_IS_LIST == (True, True, False)
+    assert NODE_CLASS_MAPPINGS["InterleaveThinkerStoryList"].OUTPUT_IS_LIST[0] is True
+    assert NODE_CLASS_MAPPINGS["InterleaveThinkerSaveStoryboard"].OUTPUT_NODE is True
+    loop = NODE_CLASS_MAPPINGS["InterleaveThinkerRefineLoop"].INPUT_TYPES()
+    assert loop["required"]["edit_route"][0] == ["auto", "text-to-image", "img2img", "reference"]
+    assert "critic" in loop["optional"]
+
+
+def test_importing_the_pack_loads_no_comfyui_module():
+    code = ("import sys, interleave_thinker\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'nodes', 'server', "
+            "'node_helpers', 'comfy_extras', 'execution')]\n"
+            "print(bad)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def _requirement_names(lines):
+    import re
+
+    return {re.split(r"[<>=!~ \[;]", line.strip(), maxsplit=1)[0].lower(): line.replace(" ", "")
+            for line in lines if line.strip() and not line.strip().startswith("#")}
+
+
+def test_requirements_txt_mirrors_pyproject_for_comfyui_manager():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    from_pyproject = _requirement_names(project["project"]["dependencies"])
+    from_txt = _requirement_names((ROOT / "requirements.txt").read_text().splitlines())
+    assert from_txt == from_pyproject
+    assert from_txt["transformers"].startswith("transformers>=5")
+    comfy = project["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    package_data = project["tool"]["setuptools"]["package-data"]["interleave_thinker"]
+    assert {"workflows/*.json", "workflows/api/*.json", "web/*.js"} <= set(package_data)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stand-ins for ComfyUI's modules
+
+
+class InterruptProcessingException(Exception):
+    pass
+
+
+class FakeComfy:
+    """Recording stand-ins for comfy.model_management, comfy.utils and folder_paths."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.interrupt = False
+        self.freed: list[tuple[int, object]] = []
+        self.free_bytes = 10**12
+        self.progress: list[tuple[int, int, object]] = []
+        self.emptied = 0
+        (root / "models").mkdir(parents=True, exist_ok=True)
+        for sub in ("input", "output"):
+            (root / sub).mkdir(exist_ok=True)
+
+        mm = types.ModuleType("comfy.model_management")
+        mm.InterruptProcessingException = InterruptProcessingException
+        mm.processing_interrupted = lambda: self.interrupt
+        mm.throw_exception_if_processing_interrupted = self._throw
+        mm.get_torch_device = lambda: torch.device("cuda", 0)
+        mm.free_memory = lambda nbytes, device, keep_loaded=(): self.freed.append((nbytes, device))
+        mm.minimum_inference_memory = lambda: 1000
+        mm.get_free_memory = lambda device=None: self.free_bytes
+        mm.soft_empty_cache = self._empty
+        mm.OOM_EXCEPTION = torch.OutOfMemoryError
+        utils = types.ModuleType("comfy.utils")
+        fake = self
+
+        class ProgressBar:
+            def __init__(self, total, node_id=None):
+                self.total = total
+
+            def update_absolute(self, value, total=None, preview=None):
+                fake.progress.append((value, self.total, preview))
+
+        utils.ProgressBar = ProgressBar
+        paths = types.ModuleType("folder_paths")
+        paths.models_dir = str(root / "models")
+        paths.folder_names_and_paths = {}
+        paths.add_model_folder_path = self._add_folder
+        paths.get_folder_paths = lambda name: list(paths.folder_names_and_paths[name][0])
+        paths.get_input_directory = lambda: str(root / "input")
+        paths.get_output_directory = lambda: str(root / "output")
+        paths.get_save_image_path = self._save_path
+        package = types.ModuleType("comfy")
+        package.model_management, package.utils = mm, utils
+        self.modules = {"comfy": package, "comfy.model_management": mm, "comfy.utils": utils, "folder_paths": paths}
+        self.folder_paths = paths
+
+    def _throw(self):
+        if self.interrupt:
+            self.interrupt = False
+            raise InterruptProcessingException()
+
+    def _empty(self):
+        self.emptied += 1
+
+    def _add_folder(self, name, path, is_default=False):
+        paths = self.folder_paths.folder_names_and_paths.setdefault(name, ([], set()))[0]
+        if path not in paths:
+            paths.append(path)
+
+    def _save_path(self, prefix, output, width=0, height=0):
+        subfolder, name = os.path.split(prefix)
+        folder = os.path.join(output, subfolder)
+        os.makedirs(folder, exist_ok=True)
+        return folder, name, 1, subfolder, prefix
+
+
+@pytest.fixture
+def comfy(tmp_path, monkeypatch):
+    fake = FakeComfy(tmp_path / "comfyui")
+    for name, module in fake.modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return fake
+
+
+def agent_folder(comfy, name="planner-agent", nested=""):
+    folder = Path(comfy.folder_paths.models_dir, "LLM", nested, name)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def pictures(*colours, size=(64, 64)):
+    return to_tensor([Image.new("RGB", size, colour) for colour in colours])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Load Agent
+
+
+def test_load_agent_lists_models_llm_and_registers_it(comfy):
+    agent_folder(comfy, "planner-agent")
+    agent_folder(comfy, "critic", nested="org")
+    (Path(comfy.folder_paths.models_dir, "LLM", "not-a-model")).mkdir()
+    choices = agent_nodes.LoadAgent.INPUT_TYPES()["required"]["model"][0]
+    assert choices == ["org/critic", "planner-agent"]
+    assert comfy.folder_paths.get_folder_paths("LLM") == [os.path.join(comfy.folder_paths.models_dir, "LLM")]
+
+
+def test_a_missing_model_folder_is_reported_with_where_it_looked(comfy):
+    message = agent_nodes.LoadAgent.VALIDATE_INPUTS(agent_nodes.LOCAL, "gone", "", "")
+    assert "'gone' not found" in message and os.path.join(comfy.folder_paths.models_dir, "LLM") in message
+    assert "outside" not in message
+    assert "inside models/LLM" in agent_nodes.LoadAgent.VALIDATE_INPUTS(agent_nodes.LOCAL, "../etc", "", "")
+    with pytest.raises(NodeError, match="not found; looked in"):
+        agent_nodes.LoadAgent().load(agent_nodes.LOCAL, "gone", "", "", "", "auto", "cpu", agent_nodes.KEEP, 16, 0.0)
+
+
+def test_endpoint_settings_are_checked_before_running(comfy):
+    validate = agent_nodes.LoadAgent.VALIDATE_INPUTS
+    assert validate(agent_nodes.ENDPOINT, "", "http://127.0.0.1:8000/v1", "qwen") is True
+    assert "must start with http" in validate(agent_nodes.ENDPOINT, "", "127.0.0.1:8000", "qwen")
+    assert "endpoint_model is empty" in validate(agent_nodes.ENDPOINT, "", "http://127.0.0.1:8000/v1", " ")
+    assert "backend must be" in validate("carrier pigeon", "", "", "")
+
+
+def test_an_unreachable_endpoint_fails_on_the_loader(comfy):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(NodeError, match=f"cannot reach the endpoint at {url}"):
+        agent_nodes.LoadAgent().load(agent_nodes.ENDPOINT, "", url, "m", "", "auto", "auto", agent_nodes.KEEP,
+                                     16, 0.0)
+
+
+def test_an_endpoint_agent_takes_its_key_from_the_environment(comfy, monkeypatch):
+    monkeypatch.setenv("IT_TEST_KEY", "sekret")
+    with ChatServer(lambda body, n: plan_text("a cat")) as server:
+        (agent,) = agent_nodes.LoadAgent().load(agent_nodes.ENDPOINT, "", server.url, "served-model",
+                                                "IT_TEST_KEY", "auto", "auto", agent_nodes.KEEP, 64, 0.0)
+        story, _ = agent_nodes.Planner().plan(agent, "a cat story", "auto", 4, 0)
+    assert server.requests[-1]["_headers"]["Authorization"] == "Bearer sekret"
+    assert server.requests[-1]["model"] == "served-model" and server.requests[-1]["max_tokens"] == 64
+    assert [step.prompt for step in story.plan.steps] == ["a cat"]
+    monkeypatch.delenv("IT_TEST_KEY")
+    with pytest.raises(NodeError, match="IT_TEST_KEY is not set"):
+        agent_nodes.LoadAgent().load(agent_nodes.ENDPOINT, "", "http://127.0.0.1:1/v1", "m", "IT_TEST_KEY",
+                                     "auto", "auto", agent_nodes.KEEP, 16, 0.0)
+
+
+def test_agent_cache_key_follows_the_model_files(comfy):
+    folder = agent_folder(comfy)
+    changed = agent_nodes.LoadAgent.IS_CHANGED
+    first = changed(agent_nodes.LOCAL, "planner-agent", dtype="auto")
+    assert changed(agent_nodes.LOCAL, "planner-agent", dtype="auto") == first
+    (folder / "model.safetensors").write_bytes(b"new weights")
+    second = changed(agent_nodes.LOCAL, "planner-agent")
+    assert second != first
+    os.utime(folder / "model.safetensors", ns=(1, 1))
+    assert changed(agent_nodes.LOCAL, "planner-agent") not in (first, second)
+    assert changed(agent_nodes.LOCAL, "gone") == "missing"
+    assert changed(agent_nodes.ENDPOINT, "", endpoint_url="http://x") == changed(agent_nodes.ENDPOINT, "")
+
+
+def test_a_local_agent_loads_from_models_llm_and_plans(comfy, tiny_agent_dir):
+    target = Path(comfy.folder_paths.models_dir, "LLM", "tiny")
+    target.parent.mkdir(parents=True)
+    target.symlink_to(tiny_agent_dir, target_is_directory=True)
+    (agent,) = agent_nodes.LoadAgent().load(agent_nodes.LOCAL, "tiny", "", "", "", "fp32", "cpu",
+                                            agent_nodes.OFFLOAD, 8, 0.0)
+    assert type(agent).__name__ == "TransformersAgent" and agent.memory == "offload"
+    assert agent.make_room is memory.make_room and agent in memory._agents
+    with pytest.raises(NodeError, match=r"the Planner \(tiny\) gave no valid plan: .*Try another seed"):
+        agent_nodes.Planner().plan(agent, "a cat story", "narrative", 4, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Planner, Critic, Plan to Prompts
+
+
+def test_planner_returns_the_plan_and_its_json(comfy):
+    agent = ScriptedAgent([plan_text("a red ball", "the ball rolls")])
+    story, text = agent_nodes.Planner().plan(agent, "  a ball story ", "auto", 8, 5, images=None)
+    assert story.instruction == "a ball story" and story.mode == "narrative" and story.images == []
+    assert json.loads(text)["execution_plan"][1]["prompt"] == "the ball rolls"
+    story, _ = agent_nodes.Planner().plan(agent, "continue", "auto", 8, 5, images=pictures("red", "blue"))
+    assert story.mode == "guidance" and [image.getpixel((0, 0)) for image in story.images] == [
+        (255, 0, 0), (0, 0, 255)]
+
+
+def test_planner_that_never_plans_shows_an_excerpt(comfy):
+    agent = ScriptedAgent(["I would rather write a poem about the sea"])
+    with pytest.raises(NodeError) as error:
+        agent_nodes.Planner().plan(agent, "a story", "narrative", 8, 0)
+    assert "gave no valid plan" in str(error.value) and "a poem about the sea" in str(error.value)
+    assert len(agent.calls) == 3
+    with pytest.raises(NodeError, match="guidance mode needs at least one input image"):
+        agent_nodes.Planner().plan(agent, "a story", "guidance", 8, 0)
+
+
+def test_interrupt_stops_the_planner_before_it_calls_the_model(comfy):
+    comfy.interrupt = True
+    agent = ScriptedAgent([plan_text("x")])
+    with pytest.raises(InterruptProcessingException):
+        agent_nodes.Planner().plan(agent, "a story", "auto", 8, 0)
+    assert agent.calls == [] and comfy.interrupt is False
+
+
+def test_critic_verdicts(comfy):
+    before, after = pictures("white"), pictures("red")
+    critic = agent_nodes.Critic()
+    accepted = critic.judge(ScriptedAgent([verdict_text(True, think="fine")]), before, after, "a cat", "a cat", 0)
+    assert accepted == (True, "a cat", "fine")
+    rejected = critic.judge(ScriptedAgent([verdict_text(False, "a big cat")]), before, after, "a cat", "a cat", 0)
+    assert rejected == (False, "a big cat", "looked")
+    silent = ScriptedAgent(["no idea"])
+    kept = critic.judge(silent, before, after, "a cat", "a tabby cat", 0)
+    assert kept[0] is True and kept[1] == "a tabby cat" and kept[2].startswith("unchecked")
+    assert len(silent.calls) == agent_nodes.CRITIC_TRIES
+
+
+def test_critic_refuses_pictures_it_cannot_compare(comfy):
+    critic, agent = agent_nodes.Critic(), ScriptedAgent([verdict_text(True)])
+    with pytest.raises(NodeError, match="before image is 64x64 but the after image is 32x48"):
+        critic.judge(agent, pictures("white"), pictures("red", size=(32, 48)), "x", "x", 0)
+    with pytest.raises(NodeError, match="batch of 2"):
+        critic.judge(agent, pictures("white"), pictures("red", "blue"), "x", "x", 0)
+    assert agent.calls == []
+
+
+def _story_plan(comfy, *prompts, text_steps=()):
+    import re
+
+    answer = plan_text(*prompts)
+    for name in text_steps:  # a step the reader sees but the image model skips
+        answer = answer.replace("]}", f", {{'step_number': 9, 'step_name': '{name}', 'instruction': 'read {name}', "
+                                      f"'prompt': None, 'auxiliary_text': None}}]}}", 1)
+    assert re.search("execution_plan", answer)
+    story, _ = agent_nodes.Planner().plan(ScriptedAgent([answer]), "tale", "narrative", 8, 0)
+    return story
+
+
+def test_plan_to_prompts_lists_the_image_steps(comfy):
+    story = _story_plan(comfy, "a cat", "a hat", text_steps=("moral",))
+    prompts, texts, full = story_nodes.PlanToPrompts().split(story)
+    assert prompts == ["a cat", "a hat"] and texts == ["do a cat", "do a hat"]
+    assert full == "do a cat\n\ndo a hat\n\nread moral"
+    text_only = _story_plan(comfy, "x")
+    text_only.planning.plan = type(text_only.plan)(tuple(
+        type(step)(step.step_number, step.step_name, step.instruction, None, None) for step in text_only.plan.steps))
+    with pytest.raises(NodeError, match="nothing to draw"):
+        story_nodes.PlanToPrompts().split(text_only)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Story List
+
+
+def test_story_list_reads_the_text_box_and_a_file(comfy):
+    input_dir = Path(comfy.folder_paths.get_input_directory())
+    (input_dir / "stories.txt").write_text("# comment\nA fox story\n\nA bee story\n")
+    (input_dir / "more.jsonl").write_text('{"instruction": "A whale story"}\n')
+    (input_dir / "notes.md").write_text("ignored")
+    assert story_nodes.StoryList.INPUT_TYPES()["required"]["file"][0] == ["(none)", "more.jsonl", "stories.txt"]
+    node = story_nodes.StoryList()
+    assert node.stories("One\n  # skip\nTwo  \n", "(none)") == (["One", "Two"], 2)
+    assert node.stories("One", "stories.txt") == (["One", "A fox story", "A bee story"], 3)
+    assert node.stories("", "more.jsonl") == (["A whale story"], 1)
+    with pytest.raises(NodeError, match="no stories"):
+        node.stories("# only a comment", "(none)")
+
+
+def test_story_list_file_problems_are_plain(comfy):
+    input_dir = Path(comfy.folder_paths.get_input_directory())
+    assert "not found in the input folder" in story_nodes.StoryList.VALIDATE_INPUTS("gone.txt")
+    assert "directly in the input folder" in story_nodes.StoryList.VALIDATE_INPUTS("../secret.txt")
+    (input_dir / "pics.jsonl").write_text('{"instruction": "a", "images": ["x.png"]}\n')
+    with pytest.raises(NodeError, match=r"pics.jsonl:1: Story List passes instructions only"):
+        story_nodes.StoryList().stories("", "pics.jsonl")
+    (input_dir / "s.txt").write_text("one\n")
+    first = story_nodes.StoryList.IS_CHANGED("", "s.txt")
+    (input_dir / "s.txt").write_text("one\ntwo\n")
+    assert story_nodes.StoryList.IS_CHANGED("", "s.txt") != first
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Edit routes and memory
+
+
+def fake_model(config_name: str, *base_names: str, device="cpu", size=0, loaded=0):
+    """A stand-in ModelPatcher: .model is an instance of classes named like comfy.model_base's."""
+    base = object
+    for name in reversed(base_names or ("BaseModel",)):
+        base = type(name, (base,), {})
+    model = base()
+    model.model_config = type(config_name, (), {})()
+    return types.SimpleNamespace(model=model, load_device=torch.device(device),
+                                 model_size=lambda: size, loaded_size=lambda: loaded)
+
+
+def test_auto_route_follows_the_model_family():
+    assert sampling.resolve_route(fake_model("SD15", "BaseModel"), "auto") == "img2img"
+    assert sampling.resolve_route(fake_model("SDXL", "SDXL", "BaseModel"), "auto") == "img2img"
+    assert sampling.resolve_route(fake_model("Flux", "Flux", "BaseModel"), "auto") == "reference"
+    assert sampling.resolve_route(fake_model("QwenImage", "QwenImage", "BaseModel"), "auto") == "reference"
+    assert sampling.resolve_route(fake_model("Flux2", "Flux2", "Flux", "BaseModel"), "auto") == "reference"
+    # Schnell is text-to-image only; it still reads reference latents if the user insists.
+    schnell = fake_model("FluxSchnell", "Flux", "BaseModel")
+    assert sampling.resolve_route(schnell, "auto") == "img2img"
+    assert sampling.resolve_route(schnell, "reference") == "reference"
+    assert sampling.resolve_route(fake_model("SD15"), "text-to-image") == "text-to-image"
+
+
+def test_a_route_the_model_cannot_do_is_refused(comfy):
+    with pytest.raises(GeneratorError, match=r"loaded model \(SD15\) cannot edit by reference latent"):
+        sampling.resolve_route(fake_model("SD15", "BaseModel"), "reference")
+    with pytest.raises(GeneratorError, match="unknown edit route"):
+        sampling.resolve_route(fake_model("SD15"), "sideways")
+    story = _story_plan(comfy, "a cat")
+    with pytest.raises(NodeError, match="cannot edit by reference latent"):
+        story_nodes.RefineLoop().run(story, fake_model("SD15"), object(), object(), "", 0, 3, 7.0, "euler",
+                                     "normal", 64, 64, "reference", 0.6, 2)
+
+
+class GpuAgent:
+    def __init__(self, device="cuda"):
+        self.device_type = device
+        self.offloaded = 0
+        parameter = types.SimpleNamespace(device=types.SimpleNamespace(type=device))
+        self.model = types.SimpleNamespace(parameters=lambda: iter([parameter]))
+
+    def offload(self):
+        self.offloaded += 1
+        self.model.parameters().__next__().device.type = "cpu"
+
+
+def test_make_room_asks_comfyui_to_free_the_agents_size(comfy):
+    memory.make_room(10_000, "cuda")
+    assert comfy.freed == [(int(10_000 * memory.AGENT_OVERHEAD) + 1000, torch.device("cuda", 0))]
+    memory.make_room(10_000, "cpu")
+    assert len(comfy.freed) == 1
+
+
+def test_agents_leave_the_gpu_only_when_the_diffusion_model_needs_it(comfy):
+    resident, elsewhere = GpuAgent("cuda"), GpuAgent("cpu")
+    memory.track(resident)
+    memory.track(elsewhere)
+    model = fake_model("SDXL", device="cuda", size=6000, loaded=0)
+    text_encoder = fake_model("SDXL", device="cuda", size=9000, loaded=8000)  # mostly on the GPU already
+    comfy.free_bytes = 7_000  # the largest part still to load is 6000, plus 1000 for inference
+    assert memory.release_agents_for(model, text_encoder, None) == 0 and resident.offloaded == 0
+    comfy.free_bytes = 6_999
+    assert memory.release_agents_for(model, text_encoder, None) == 1
+    assert resident.offloaded == 1 and elsewhere.offloaded == 0 and comfy.emptied == 1
+    assert memory.release_agents_for(fake_model("SDXL", device="cpu", size=10**12)) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Images and saving
+
+
+def test_image_tensors_round_trip():
+    images = [Image.new("RGB", (8, 4), (10, 200, 30)), Image.new("RGB", (8, 4), (0, 0, 255))]
+    batch = to_tensor(images)
+    assert tuple(batch.shape) == (2, 4, 8, 3)
+    assert [image.tobytes() for image in to_pil(batch)] == [image.tobytes() for image in images]
+    assert to_tensor([]).shape[0] == 0
+    with pytest.raises(ValueError, match="different sizes"):
+        to_tensor([Image.new("RGB", (8, 4)), Image.new("RGB", (4, 4))])
+
+
+def test_save_storyboard_writes_a_whole_folder_and_shows_it(comfy):
+    from helpers import PaintGenerator
+
+    from interleave_thinker.core.loop import LoopConfig, run_plan
+
+    story_plan = _story_plan(comfy, "a cat", "a hat")
+    board = run_plan(story_plan.plan, PaintGenerator(), None, instruction="tale",
+                     config=LoopConfig(width=64, height=64))
+    node = story_nodes.SaveStoryboard()
+    first = node.save(board, "InterleaveThinker/story")
+    second = node.save(board, "InterleaveThinker/story")
+    folder = Path(first["result"][0])
+    assert folder.name == "story_00001" and Path(second["result"][0]).name == "story_00002"
+    assert {p.name for p in folder.iterdir()} == {"storyboard.json", "index.html", "story.md", "steps",
+                                                  "attempts", "inputs"}
+    assert json.loads((folder / "storyboard.json").read_text())["story_id"] == "story_00001"
+    assert first["ui"]["text"] == ["do a cat\n\ndo a hat"]
+    assert first["ui"]["images"] == [
+        {"filename": f"step-0{n}.png", "subfolder": os.path.join("InterleaveThinker", "story_00001", "steps"),
+         "type": "output"} for n in (1, 2)]
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ComfySampler's calls into ComfyUI, recorded by stand-ins of nodes, node_helpers and nodes_qwen
+
+
+class FakeVae:
+    latent_channels = 16
+
+    def spacial_compression_encode(self):
+        return 8
+
+
+@pytest.fixture
+def sampling_calls(comfy, monkeypatch):
+    calls = {"sample": [], "qwen": []}
+    nodes = types.ModuleType("nodes")
+
+    class CLIPTextEncode:
+        def encode(self, clip, text):
+            return ([[text, {}]],)
+
+    class VAEEncode:
+        def encode(self, vae, pixels):
+            return ({"samples": torch.full((1, 16, pixels.shape[1] // 8, pixels.shape[2] // 8),
+                                           float(pixels.mean()))},)
+
+    class VAEDecode:
+        def decode(self, vae, samples):
+            latent = samples["samples"]
+            return (torch.full((1, latent.shape[2] * 8, latent.shape[3] * 8, 3), 0.5),)
+
+    def common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise=1.0):
+        calls["sample"].append({"seed": seed, "steps": steps, "cfg": cfg, "sampler": sampler_name,
+                                "scheduler": scheduler, "positive": positive, "negative": negative,
+                                "latent": latent, "denoise": denoise})
+        return ({"samples": latent["samples"]},)
+
+    nodes.CLIPTextEncode, nodes.VAEEncode, nodes.VAEDecode = CLIPTextEncode, VAEEncode, VAEDecode
+    nodes.common_ksampler = common_ksampler
+    helpers = types.ModuleType("node_helpers")
+
+    def conditioning_set_values(conditioning, values, append=False):
+        out = []
+        for text, extra in conditioning:
+            extra = dict(extra)
+            for key, value in values.items():
+                extra[key] = extra.get(key, []) + value if append and key in extra else value
+            out.append([text, extra])
+        return out
+
+    helpers.conditioning_set_values = conditioning_set_values
+    qwen = types.ModuleType("comfy_extras.nodes_qwen")
+
+    class TextEncodeQwenImageEdit:
+        @classmethod
+        def execute(cls, clip, prompt, vae=None, image=None):
+            calls["qwen"].append((prompt, tuple(image.shape)))
+            return ([[prompt, {"reference_latents": ["from qwen"]}]],)
+
+    qwen.TextEncodeQwenImageEdit = TextEncodeQwenImageEdit
+    for name, module in (("nodes", nodes), ("node_helpers", helpers), ("comfy_extras.nodes_qwen", qwen)):
+        monkeypatch.setitem(sys.modules, name, module)
+    return calls
+
+
+def test_comfy_sampler_text_to_image_and_img2img(sampling_calls):
+    sampler = sampling.ComfySampler(fake_model("SD15"), object(), FakeVae(), negative="blurry", steps=3, cfg=6.0,
+                                    sampler_name="euler", scheduler="karras", denoise=0.4)
+    assert sampler.edit_route == "img2img" and sampler.name == "ComfyUI SD15"
+    picture = sampler.text_to_image("a cat", width=64, height=40, seed=9)
+    first = sampling_calls["sample"][0]
+    assert picture.size == (64, 40)  # the latent grid is 64x40 -> 8x5, decoded back exactly
+    assert tuple(first["latent"]["samples"].shape) == (1, 16, 5, 8) and not first["latent"]["samples"].any()
+    assert first["positive"] == [["a cat", {}]] and first["negative"] == [["blurry", {}]]
+    assert (first["seed"], first["steps"], first["cfg"], first["denoise"]) == (9, 3, 6.0, 1.0)
+    sampler.edit(Image.new("RGB", (60, 36), (255, 255, 255)), "a cat in a hat", seed=4)
+    edit = sampling_calls["sample"][1]
+    assert edit["denoise"] == 0.4 and float(edit["latent"]["samples"].mean()) == pytest.approx(1.0)
+    assert edit["positive"] == [["a cat in a hat", {}]]
+
+
+def test_comfy_sampler_reference_route(sampling_calls):
+    flux = sampling.ComfySampler(fake_model("Flux", "Flux"), object(), FakeVae(), cfg=1.0, guidance=2.5)
+    assert flux.edit_route == "reference"
+    result = flux.edit(Image.new("RGB", (64, 64), (255, 255, 255)), "make it night", seed=1)
+    call = sampling_calls["sample"][0]
+    (text, extra), = call["positive"]
+    assert text == "make it night" and extra["guidance"] == 2.5
+    (reference,) = extra["reference_latents"]
+    assert float(reference.mean()) == pytest.approx(1.0)  # the encoded before image
+    assert call["denoise"] == 1.0 and not call["latent"]["samples"].any() and result.size == (64, 64)
+
+    qwen = sampling.ComfySampler(fake_model("QwenImage", "QwenImage"), object(), FakeVae(), cfg=2.5)
+    qwen.edit(Image.new("RGB", (64, 48), (0, 0, 0)), "add snow", seed=1)
+    assert sampling_calls["qwen"] == [("add snow", (1, 48, 64, 3))]  # the before image reaches the encoder
+    assert sampling_calls["sample"][1]["positive"] == [["add snow", {"reference_latents": ["from qwen"]}]]
+    text_only = sampling.ComfySampler(fake_model("SD15"), object(), FakeVae(), edit_route="text-to-image")
+    text_only.edit(Image.new("RGB", (32, 32)), "a dog", seed=1)
+    assert sampling_calls["sample"][2]["denoise"] == 1.0 and len(sampling_calls["qwen"]) == 1
