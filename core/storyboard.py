@@ -310,14 +310,15 @@ h1{font-size:1.5em;line-height:1.3}
 .meta{color:#666;font-size:.85em}
 .step{background:#fff;border-radius:12px;box-shadow:0 1px 4px #0002;margin:1.6em 0;padding:1.1em 1.3em}
 .step h2{font-size:1.1em;margin:.1em 0 .6em}
-.step img.main{display:block;max-width:100%;border-radius:8px;margin:.4em auto}
+.step img.main{display:block;width:min(100%,512px);border:1px solid #e3e3e3;border-radius:8px;margin:.4em auto}
+img.small{image-rendering:pixelated}
 .badge{display:inline-block;font-size:.72em;padding:.1em .6em;border-radius:1em;margin-left:.5em;
 vertical-align:middle;background:#eee;color:#333}
 .accepted{background:#dcf5e3;color:#14532d}.rejected{background:#fde2e1;color:#7f1d1d}
 .unchecked{background:#fef3c7;color:#78350f}
 details{margin-top:.8em;font-size:.9em}
 .attempt{display:flex;gap:1em;align-items:flex-start;border-top:1px solid #eee;padding:.6em 0}
-.attempt img{width:160px;border-radius:6px;flex:none}
+.attempt img{width:160px;border:1px solid #e3e3e3;border-radius:6px;flex:none}
 .attempt p{margin:.2em 0}
 code,pre{font-size:.85em;white-space:pre-wrap;word-break:break-word}
 .inputs img{max-width:200px;border-radius:6px;margin-right:.5em}
@@ -347,7 +348,9 @@ def render_html(story: Storyboard) -> str:
         out.append(f'<section class=step id="step-{step.number}"><h2>{step.number}. {title}'
                    f'{_badge(step.status) if step.attempts else ""}</h2>')
         if step.image is not None:
-            out.append(f'<img class=main src="{_step_file(step)}" alt="{title}">')
+            # Small pictures are shown larger, with sharp pixels rather than a blur.
+            small = " small" if max(step.image.size) < 256 else ""
+            out.append(f'<img class="main{small}" src="{_step_file(step)}" alt="{title}">')
         if step.text:
             out.append(f"<p>{e(step.text)}</p>")
         if step.attempts:
