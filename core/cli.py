@@ -528,7 +528,7 @@ def _fail(error: BaseException, code: int) -> int:
 def _load_extensions() -> None:
     """Import the parts of the package that add subcommands or named generators."""
     try:
-        from . import sandbox  # noqa: F401  (registers demo, eval and the sandbox generator)
+        from .. import sandbox  # noqa: F401  (registers demo, eval and the sandbox generator)
     except ImportError as error:
         if "sandbox" not in str(error):
             raise

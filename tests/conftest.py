@@ -25,3 +25,43 @@ def tiny_pipeline_dir(tmp_path_factory):
     from interleave_thinker.training.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+# -- trained tiny agents, shared by the training and export tests ---------------------------------------------
+
+
+def _training_profile(name: str, **overrides) -> dict:
+    from pathlib import Path
+
+    import interleave_thinker.training as training
+    from interleave_thinker.training import config
+
+    path = Path(training.__file__).resolve().parent / "configs" / name
+    return config.load(path, [f"{key}={value}" for key, value in overrides.items()])
+
+
+@pytest.fixture(scope="session")
+def trained_critic(tmp_path_factory, tiny_agent_dir):
+    """The tiny Critic after the shipped tiny CPU SFT profile (about a minute): an SFTResult."""
+    from interleave_thinker.training.sft import run_sft
+
+    out = tmp_path_factory.mktemp("critic-sft")
+    return run_sft(_training_profile("sft_critic_tiny_cpu.yaml", model=tiny_agent_dir, output_dir=out))
+
+
+@pytest.fixture(scope="session")
+def trained_planner(tmp_path_factory, tiny_agent_dir):
+    """The tiny Planner after the shipped tiny CPU SFT profile: an SFTResult."""
+    from interleave_thinker.training.sft import run_sft
+
+    out = tmp_path_factory.mktemp("planner-sft")
+    return run_sft(_training_profile("sft_planner_tiny_cpu.yaml", model=tiny_agent_dir, output_dir=out))
+
+
+@pytest.fixture(scope="session")
+def grpo_critic(tmp_path_factory, trained_critic):
+    """The SFT'd tiny Critic after the shipped tiny CPU GRPO profile: a GRPOResult."""
+    from interleave_thinker.training.grpo import run_grpo
+
+    out = tmp_path_factory.mktemp("critic-grpo")
+    return run_grpo(_training_profile("grpo_critic_tiny_cpu.yaml", model=trained_critic.final_dir, output_dir=out))

@@ -1,0 +1,262 @@
+"""Teacher data: the oracle plays Planner and Critic, and the results are written in the official formats.
+
+    python -m interleave_thinker.sandbox.teacher --out data/sandbox
+
+writes, with the writers of ``training/data.py`` (prompts rendered by core/, answers from Plan/Verdict):
+
+- ``planner_sft.json``: sharegpt rows, one per train task (both Planner modes);
+- ``critic_sft.json``: sharegpt rows, one per Critic call in the rollouts;
+- ``critic_rl.jsonl``: one Critic step per line with the oracle's ``evaluation`` of the judged picture;
+- ``storyboards/``: the rollouts themselves, saved by the engine; ``tasks.jsonl``: the tasks used.
+
+The Critic data comes through the data flywheel: the train tasks run through the real refine loop (oracle
+agents, sandbox generator), the storyboards are saved, read back with ``training.data.read_storyboards`` and
+every judged attempt is labelled again by the oracle. ``--from-storyboards DIR`` adds storyboards made by any
+agents (your own runs, ``eval --save-storyboards``), labelled the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from PIL import Image
+
+from ..core.protocol import Plan
+from .evaluate import run_task
+from .judge import judge_step
+from .language import KEEP, NOTHING_ELSE
+from .oracle import OracleCritic, OraclePlanner, plan_for, verdict_for
+from .tasks import Task, make_tasks, read_request, save_tasks
+from .world import COLOURS, PLACES, SHAPES, SIZES
+
+
+@dataclass
+class TeacherData:
+    planner: list = field(default_factory=list)
+    critic: list = field(default_factory=list)
+    rl: list = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _load(ref) -> Image.Image:
+    if isinstance(ref, Image.Image):
+        return ref
+    with Image.open(ref) as image:
+        return image.convert("RGB")
+
+
+def planner_examples(tasks: Iterable[Task]) -> list:
+    """One Planner SFT example per task: the request (with its pictures) and the oracle's plan."""
+    from ..training.data import PlannerExample
+
+    examples = []
+    for task in tasks:
+        request = read_request(task.instruction)
+        images = task.input_images()
+        plan, reasoning = plan_for(request, images)
+        examples.append(
+            PlannerExample(
+                task.instruction, Plan(plan.steps, reasoning), images, task.mode, f"task {task.id}"
+            )
+        )
+    return examples
+
+
+def relabel_planner(examples: Sequence) -> tuple[list, list[str]]:
+    """Planner examples read from storyboards, with the oracle's plan in place of the one the run used."""
+    from ..training.data import PlannerExample
+
+    out, skipped = [], []
+    for example in examples:
+        request = read_request(example.instruction)
+        if request is None:
+            skipped.append(f"{example.source}: not a sandbox request")
+            continue
+        images = [_load(ref) for ref in example.images]
+        plan, reasoning = plan_for(request, images)
+        out.append(
+            PlannerExample(
+                example.instruction,
+                Plan(plan.steps, reasoning),
+                list(example.images),
+                example.mode,
+                example.source,
+            )
+        )
+    return out, skipped
+
+
+def relabel_critic(examples: Sequence) -> tuple[list, list]:
+    """Critic SFT and RL examples from judged attempts: the oracle's verdict and scores of each picture."""
+    from ..training.data import CriticExample, CriticRLExample
+
+    sft, rl = [], []
+    for example in examples:
+        before, after = _load(example.before), _load(example.after)
+        verdict = verdict_for(before, after, example.original_instruction, example.prompt_used)
+        sft.append(
+            CriticExample(
+                example.before,
+                example.after,
+                example.original_instruction,
+                example.prompt_used,
+                verdict,
+                example.source,
+            )
+        )
+        score = judge_step(example.original_instruction or example.prompt_used, before, after)
+        rl.append(
+            CriticRLExample(
+                example.before,
+                example.after,
+                example.original_instruction,
+                example.prompt_used,
+                score.success,
+                float(score.semantics),
+                float(score.quality),
+                example.source,
+            )
+        )
+    return sft, rl
+
+
+def rollouts(
+    tasks: Sequence[Task], folder: Path, *, seeds: int = 1, max_attempts: int = 3, progress=None
+) -> Path:
+    """Run every image task through the loop with the oracle agents, ``seeds`` times, saving storyboards."""
+    planner, critic = OraclePlanner(), OracleCritic()
+    runs = [(task, seed) for task in tasks if task.makes_images for seed in range(seeds)]
+    for task, seed in progress(runs) if progress else runs:
+        story, _ = run_task(task, planner, critic, max_attempts=max_attempts, seed=seed)
+        if story is not None:
+            story.save(folder / f"{task.id}-seed{seed}", overwrite=True)
+    return folder
+
+
+def build(
+    out: str | Path,
+    *,
+    tasks: int = 1000,
+    seeds: int = 1,
+    task_seed: int = 0,
+    from_storyboards: Sequence[str | Path] = (),
+    progress=None,
+) -> dict[str, Path]:
+    """Write the three teacher data files (and the rollouts they came from) to ``out``."""
+    from ..training.data import read_storyboards, write_critic_rl, write_critic_sft, write_planner_sft
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train = make_tasks("train", tasks, seed=task_seed)
+    save_tasks(train, out / "tasks.jsonl")
+    data = TeacherData(planner=planner_examples(train))
+    sources = [rollouts(train, out / "storyboards", seeds=seeds, progress=progress)] + [
+        Path(p) for p in from_storyboards
+    ]
+    for source in sources:
+        judged, report = read_storyboards(source, "critic")
+        data.skipped += [str(bad) for bad in report.bad]
+        sft, rl = relabel_critic(judged)
+        data.critic += sft
+        data.rl += rl
+        if source != sources[0]:
+            plans, _ = read_storyboards(source, "planner")
+            relabelled, skipped = relabel_planner(plans)
+            data.planner += relabelled
+            data.skipped += skipped
+    images = out / "images"
+    paths = {
+        "planner_sft": write_planner_sft(out / "planner_sft.json", data.planner, image_dir=images),
+        "critic_sft": write_critic_sft(out / "critic_sft.json", data.critic, image_dir=images),
+        "critic_rl": write_critic_rl(out / "critic_rl.jsonl", data.rl, image_dir=images),
+    }
+    accepted = sum(example.verdict.accepted for example in data.critic)
+    summary = {
+        "tasks": len(train),
+        "planner_sft": len(data.planner),
+        "critic_sft": len(data.critic),
+        "critic_accepts": accepted,
+        "critic_rejects": len(data.critic) - accepted,
+        "critic_rl": len(data.rl),
+        "skipped": data.skipped[:20],
+    }
+    from ..core.cli import atomic_write_text
+
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    paths["summary"] = out / "summary.json"
+    return paths
+
+
+def tokenizer_text(count: int = 300, seed: int = 0) -> list[str]:
+    """Sandbox text for a tiny agent's tokenizer (``build_tiny_agent(extra_text=...)``): the vocabulary, the
+    closing clauses and a sample of requests, plans and verdicts."""
+    from .oracle import answer
+
+    lines = [
+        " ".join(SHAPES),
+        " ".join(COLOURS),
+        " ".join(SIZES),
+        ", ".join(PLACES),
+        KEEP,
+        NOTHING_ELSE,
+        "to the left of, to the right of, above, below, the same colour as, two objects:, three objects:",
+        "Done: Nothing else changed. Not done: expected found nothing at the",
+    ]
+    for task in make_tasks("train", count, seed=seed):
+        lines.append(task.instruction)
+        plan, reasoning = plan_for(read_request(task.instruction), task.input_images())
+        lines.append(answer(reasoning, plan.to_dict()))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Write sandbox teacher data (Planner SFT, Critic SFT, Critic RL)."
+    )
+    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--tasks", type=int, default=1000, help="train tasks (default 1000)")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="rollouts per task, each with its own seed (default 1)"
+    )
+    parser.add_argument("--task-seed", type=int, default=0, help="seed of the task generator (default 0)")
+    parser.add_argument(
+        "--from-storyboards",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also learn from storyboards saved by any agents (repeatable)",
+    )
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if args.tasks < 1 or args.seeds < 1:
+        parser.error("--tasks and --seeds must be at least 1")
+    for folder in args.from_storyboards:
+        if not Path(folder).is_dir():
+            parser.error(f"--from-storyboards: not a folder: {folder}")
+    progress = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        progress = lambda items: tqdm(items, desc="rollouts", unit="story", file=sys.stderr)  # noqa: E731
+    paths = build(
+        args.out,
+        tasks=args.tasks,
+        seeds=args.seeds,
+        task_seed=args.task_seed,
+        from_storyboards=args.from_storyboards,
+        progress=progress,
+    )
+    print(paths["summary"].read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["build", "planner_examples", "relabel_critic", "relabel_planner", "rollouts", "tokenizer_text"]

@@ -1,0 +1,49 @@
+"""GRPO on the SFT'd tiny Critic with the shapes generator and the rule judge in the reward loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.numpy import load_file
+
+from interleave_thinker.training import config
+from interleave_thinker.training.curves import read_metrics
+from interleave_thinker.training.grpo import GRPOSettings
+from interleave_thinker.training.runs import RUN_INFO
+
+WINDOW = 8
+
+
+@pytest.mark.slow
+def test_grpo_raises_the_reward_and_changes_the_weights(grpo_critic, trained_critic):
+    rewards = [row["reward"] for row in read_metrics(grpo_critic.output_dir / "metrics.jsonl") if "reward" in row]
+    assert len(rewards) >= 3 * WINDOW
+    first, last = sum(rewards[:WINDOW]) / WINDOW, sum(rewards[-WINDOW:]) / WINDOW
+    assert last >= first + 0.1, (first, last)
+
+    before, after = load_file(trained_critic.final_dir / "model.safetensors"), \
+        load_file(grpo_critic.final_dir / "model.safetensors")
+    changed = [name for name in before if not (before[name] == after[name]).all()]
+    assert any(".language_model." in name for name in changed)
+    assert not any(".visual." in name for name in changed)  # the tiny profile keeps the vision tower frozen
+
+    stats = grpo_critic.reward_stats
+    assert stats["generator_calls"] > 0 and stats["judge_calls"] > 0 and stats["abstained"] == 0
+    info = json.loads((grpo_critic.final_dir / RUN_INFO).read_text())
+    assert [h["stage"] for h in info["history"]] == ["sft", "grpo"]
+    assert info["reward_weights"] == {"format": 0.5, "accuracy": 0.1, "semantics": 0.3, "quality": 0.1}
+    assert (grpo_critic.output_dir / "curves.png").is_file()
+
+
+def test_grpo_settings_are_checked_before_training():
+    base = config.load(None, ["role=critic", "model=m", "output_dir=o", "data.train=[{format: critic_rl, path: x}]"])
+    assert GRPOSettings.from_dict(base).generator.kind == "shapes"
+    with pytest.raises(config.ConfigError, match="GRPO trains the Critic"):
+        GRPOSettings.from_dict({**base, "role": "planner"})
+    with pytest.raises(config.ConfigError, match="generator kind must be"):
+        GRPOSettings.from_dict({**base, "generator": {"kind": "midjourney"}})
+    with pytest.raises(config.ConfigError, match="needs spec"):
+        GRPOSettings.from_dict({**base, "judge": {"kind": "vlm"}})
+    with pytest.raises(config.ConfigError, match="unknown key"):
+        GRPOSettings.from_dict({**base, "reward": {"weight": {}}})
