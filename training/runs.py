@@ -151,8 +151,9 @@ def run_info(settings: RunSettings, stage: str, model_dir: Path, report: DataRep
     return {
         "role": settings.role,
         "stage": stage,
-        "base_model": parent.get("base_model") or str(model_dir.resolve()),
-        "started_from": str(model_dir.resolve()),
+        # As the config named them: a shipped or shared folder must not carry the paths of the machine it came from.
+        "base_model": parent.get("base_model") or str(model_dir),
+        "started_from": str(model_dir),
         "history": parent.get("history", []) + [{"stage": stage, "data": sources, "rows": report.kept}],
         "finetune": settings.finetune,
         "code_version": code_version(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 
 from ..core.prompts import ROLES, load_template
@@ -72,7 +73,24 @@ def tokenizer_corpus(extra: list[str] | None = None) -> list[str]:
     return lines + list(extra or [])
 
 
-def build_tokenizer(vocab_size: int = 1024, extra_text: list[str] | None = None):
+def template_phrases() -> list[str]:
+    """The fixed text of every role template, line by line and cut at its placeholders.
+
+    As added tokens they turn a 700-token prompt into a few dozen tokens: a tiny model then spends its training
+    on the text that varies (the request, the step, the prompt used) instead of re-reading the same paragraphs.
+    """
+    phrases: list[str] = []
+    for role in ROLES:
+        for line in load_template(role).text.splitlines(keepends=True):
+            for piece in re.split(r"\{[a-z_]+\}", line):
+                if piece.strip() and piece not in phrases:
+                    phrases.append(piece)
+    return phrases
+
+
+def build_tokenizer(
+    vocab_size: int = 1024, extra_text: list[str] | None = None, template_tokens: bool = False
+):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
@@ -97,8 +115,14 @@ def build_tokenizer(vocab_size: int = 1024, extra_text: list[str] | None = None)
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
     )
-    qwen.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[3:]})
+    # Every control token must be one token: "<|im_start|>" opens every turn.
+    controls = [token for token in SPECIAL_TOKENS if token not in ("<|endoftext|>", "<|im_end|>")]
+    qwen.add_special_tokens({"additional_special_tokens": controls})
     qwen.add_tokens(ADDED_TOKENS)
+    if template_tokens:
+        from tokenizers import AddedToken
+
+        qwen.add_tokens([AddedToken(p, normalized=False, single_word=False) for p in template_phrases()])
     qwen.chat_template = CHAT_TEMPLATE
     return qwen
 
@@ -112,8 +136,19 @@ def build_tiny_agent(
     vocab_size: int = 1024,
     seed: int = 0,
     extra_text: list[str] | None = None,
+    template_tokens: bool = False,
+    vision_hidden_size: int = 32,
+    vision_depth: int = 1,
+    tie_embeddings: bool = True,
+    vision_position_scale: float | None = None,
 ) -> Path:
-    """Write a tiny random-weight Qwen3-VL agent folder to ``out`` and return its path."""
+    """Write a tiny random-weight Qwen3-VL agent folder to ``out`` and return its path.
+
+    ``vision_position_scale`` redraws the vision tower's position embedding with that standard deviation. At the
+    usual 0.02 a patch's position is lost next to its pixels, so every empty cell gives the same token; at unit
+    scale each token also says where it is, and a vision tower that stays frozen (trained with the language model
+    from random weights, it collapses every token to one vector) still tells the language model what is where.
+    """
     import torch
     from transformers import (
         GenerationConfig,
@@ -127,7 +162,7 @@ def build_tiny_agent(
     if hidden_size % heads or (hidden_size // heads) % 8:
         raise ValueError("hidden_size / heads must be a multiple of 8 (the rotary sections need it)")
     out = Path(out)
-    tokenizer = build_tokenizer(vocab_size, extra_text)
+    tokenizer = build_tokenizer(vocab_size, extra_text, template_tokens)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     head_dim = hidden_size // heads
     quarter = head_dim // 8
@@ -148,28 +183,31 @@ def build_tiny_agent(
                 "mrope_section": [2 * quarter, quarter, quarter],
                 "mrope_interleaved": True,
             },
-            "tie_word_embeddings": True,
+            "tie_word_embeddings": tie_embeddings,
         },
         vision_config={
-            "depth": 1,
-            "hidden_size": 32,
-            "intermediate_size": 64,
+            "depth": vision_depth,
+            "hidden_size": vision_hidden_size,
+            "intermediate_size": vision_hidden_size * 2,
             "num_heads": 2,
             "patch_size": 16,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "out_hidden_size": hidden_size,
             "num_position_embeddings": 64,
-            "deepstack_visual_indexes": [0],
+            "deepstack_visual_indexes": [vision_depth - 1],
         },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_embeddings,
     )
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config).eval()
+    if vision_position_scale is not None:
+        with torch.no_grad():
+            model.model.visual.pos_embed.weight.normal_(0.0, vision_position_scale)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],
