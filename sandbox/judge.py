@@ -107,12 +107,20 @@ def _difference(index: int, expected, seen) -> str:
 
 
 def verdict_reasoning(score: StepScore) -> str:
-    """The Critic's <think> text for a verdict: what was done, or exactly what is wrong."""
+    """The Critic's <think> text for a verdict: the change seen, the change asked, then the verdict.
+
+    The change seen comes first, so it has to be read from the two pictures (it cannot be copied from the
+    change asked); the verdict is then a comparison of two short texts, and the change asked is the refined
+    prompt written when the step fails.
+    """
     if score.error:
         return f"The step cannot be carried out on the before image: {score.error}."
+    asked = change_summary(score.before, score.expected)
     if score.success:
-        return f"Done: {change_summary(score.before, score.expected)}. Nothing else changed."
-    return "Not done: " + "; ".join(score.problems) + "."
+        return f"Seen: {asked}. Asked: {asked}. Done."
+    if not score.seen.readable:
+        return f"Asked: {asked}. Not done: " + "; ".join(score.problems) + "."
+    return f"Seen: {change_summary(score.before, score.seen)}. Asked: {asked}. Not done."
 
 
 def change_summary(before: Scene, after: Scene) -> str:

@@ -14,8 +14,10 @@ runs these steps, each a command of its own (printed as it runs, so any step can
    and the Planner alone (``WORK/eval-planner``).
 
 ``--install`` copies the three ``final/`` folders to ``sandbox/agents/{planner,critic-sft,critic-grpo}``,
-where ``demo`` and ``eval`` find them. ``--short`` runs every step on little data for a few steps: it checks
-the whole path, not the quality of the result.
+where ``demo`` and ``eval`` find them, then runs the short version too (``WORK/short``) and records the headline
+metrics of both in ``sandbox/agents/metrics.json``. ``--short`` runs every step on less data for fewer steps
+(a few minutes) and says whether its metrics land within ``BAND`` of the recorded short run: retraining
+reproduces the shipped agents. ``--resume`` skips the steps whose output is already in the work folder.
 """
 
 from __future__ import annotations
@@ -28,19 +30,37 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..core.cli import atomic_write_text
 from .shipped import AGENTS_DIR, SHIPPED
 
 RECIPES = AGENTS_DIR / "recipes"
-BASE = {"hidden_size": 64, "layers": 2, "heads": 4, "vocab_size": 1024, "seed": 0}
+# About 1.2 M parameters (5 MB). The templates' fixed text is one token per line, so a Critic prompt is about 60
+# tokens instead of 700 and a CPU trains on what varies. Untied embeddings: tied ones let words a tiny model
+# cannot predict yet (colours, shapes) collapse to one vector early on, and then it can no longer copy them.
+# The vision tower stays random and frozen (the recipes say freeze_vision: true), with a unit-scale position
+# embedding so that each cell's token says where it is: trained along with the language model, the random tower
+# collapsed every cell to the same vector within a few hundred steps and the agents could not see.
+BASE = {"hidden_size": 128, "layers": 4, "heads": 4, "vocab_size": 1024, "seed": 0, "template_tokens": True,
+        "vision_hidden_size": 64, "vision_depth": 2, "tie_embeddings": False, "vision_position_scale": 1.0}
 # The quick version: the same scripts and recipes on little data for a few steps; it checks the whole path.
-SHORT = {"tasks": 40, "planner_steps": 3, "critic_steps": 3, "grpo_steps": 1, "eval_tasks": 3,
-         "max_new_tokens": 48}
-FULL = {"tasks": 1000, "planner_steps": None, "critic_steps": None, "grpo_steps": None, "eval_tasks": 100,
+SHORT = {"tasks": 400, "planner_steps": 150, "critic_steps": 150, "grpo_steps": 4, "eval_tasks": 20,
+         "max_new_tokens": 400}
+FULL = {"tasks": 4000, "planner_steps": None, "critic_steps": None, "grpo_steps": None, "eval_tasks": 100,
         "max_new_tokens": 400}
+RECORD = AGENTS_DIR / "metrics.json"
+# How far a rate of a retrained short run may land from the recorded one. Training on a CPU is deterministic for
+# one torch build and thread count; the band absorbs what another build or core count changes (a greedy answer
+# that flips on one token moves a rate of 20 tasks by a few points).
+BAND = 0.10
 
 
-def _run(command: list[str], log: Path) -> None:
-    print("$ " + " ".join(shlex.quote(part) for part in command), flush=True)
+def _run(command: list[str], log: Path, done: Path | None = None) -> None:
+    """Run one step; with ``done`` (the step's output) already there, only say so: a resumed run skips it."""
+    line = " ".join(shlex.quote(part) for part in command)
+    if done is not None and done.exists():
+        print(f"(done, {done} exists) $ {line}", flush=True)
+        return
+    print("$ " + line, flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w", encoding="utf-8") as handle:
         result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
@@ -71,9 +91,22 @@ def build_base(out: Path, **overrides) -> Path:
     return build_tiny_agent(out, extra_text=tokenizer_text(), **settings)
 
 
-def train(work: str | Path, *, short: bool = False, install: bool = False, seed: int = 0) -> dict[str, str]:
-    """Run every step into ``work``; return the evaluation tables of the Critics and of the Planner."""
+def train(
+    work: str | Path,
+    *,
+    short: bool = False,
+    install: bool = False,
+    resume: bool = False,
+    seed: int = 0,
+) -> dict:
+    """Run every step into ``work``; return the evaluation tables of the Critics and of the Planner (``critic``,
+    ``planner``) and the headline ``metrics``. With ``resume``, steps whose output exists are not run again
+    (the evaluations always run)."""
     work = Path(work)
+
+    def done(path: Path) -> Path | None:
+        return path if resume else None
+
     plan = SHORT if short else FULL
     data = work / "data"
     logs = work / "logs"
@@ -89,8 +122,11 @@ def train(work: str | Path, *, short: bool = False, install: bool = False, seed:
             "--quiet",
         ],
         logs / "teacher.log",
+        done(data / "summary.json"),
     )
-    base = build_base(work / "base", seed=seed)
+    base = work / "base"
+    if not (resume and (base / "config.json").exists()):
+        build_base(base, seed=seed)
     print(f"tiny base model -> {base}", flush=True)
 
     def steps(key: str) -> list[str]:
@@ -111,6 +147,7 @@ def train(work: str | Path, *, short: bool = False, install: bool = False, seed:
             ],
         ),
         logs / "planner_sft.log",
+        done(work / "planner-sft" / "final"),
     )
     _run(
         _train(
@@ -126,6 +163,7 @@ def train(work: str | Path, *, short: bool = False, install: bool = False, seed:
             ],
         ),
         logs / "critic_sft.log",
+        done(work / "critic-sft" / "final"),
     )
     _run(
         _train(
@@ -141,6 +179,7 @@ def train(work: str | Path, *, short: bool = False, install: bool = False, seed:
             ],
         ),
         logs / "critic_grpo.log",
+        done(work / "critic-grpo" / "final"),
     )
     finals = {
         "shipped": work / "planner-sft" / "final",
@@ -186,28 +225,98 @@ def train(work: str | Path, *, short: bool = False, install: bool = False, seed:
         + tasks,
         logs / "eval_planner.log",
     )
+    metrics = summarise(work)
+    atomic_write_text(work / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     if install:
+        short_run = train(work / "short", short=True, resume=resume, seed=seed)
         for name, final in finals.items():
             target = AGENTS_DIR / SHIPPED[name]
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.copytree(final, target)
+            staging = target.with_name(target.name + ".new")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(final, staging)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
             print(f"installed {final} -> {target}", flush=True)
-    return {
+        record = {"seed": seed, "full": metrics, "short": short_run["metrics"]}
+        atomic_write_text(RECORD, json.dumps(record, indent=1) + "\n")
+        print(f"metrics -> {RECORD}", flush=True)
+    tables = {
         name: (work / f"eval-{name}" / "table.md").read_text(encoding="utf-8")
         for name in ("critic", "planner")
     }
+    return {**tables, "metrics": metrics}
+
+
+def summarise(work: str | Path) -> dict[str, float | None]:
+    """The headline metrics of a run: the Planner alone, and no Critic / SFT / GRPO behind the oracle Planner.
+    A rate with nothing to count (no judged attempt) is None."""
+    work = Path(work)
+    critics = json.loads((work / "eval-critic" / "results.json").read_text(encoding="utf-8"))
+    (planner,) = json.loads((work / "eval-planner" / "results.json").read_text(encoding="utf-8"))
+    none, sft, grpo = critics
+    return {
+        "planner valid-plan rate": planner["valid_plan_rate"],
+        "planner story success": planner["story_success"],
+        "no critic step success": none["step_success"],
+        "SFT critic step success": sft["step_success"],
+        "SFT critic verdict accuracy": sft["verdict_accuracy"],
+        "GRPO critic step success": grpo["step_success"],
+        "GRPO critic verdict accuracy": grpo["verdict_accuracy"],
+    }
+
+
+def recorded(which: str = "short", seed: int = 0) -> dict[str, float | None] | None:
+    """The metrics recorded when the shipped agents were installed (``full`` or ``short``), if any were recorded
+    with this seed."""
+    if not RECORD.is_file():
+        return None
+    record = json.loads(RECORD.read_text(encoding="utf-8"))
+    return record.get(which) if record.get("seed") == seed else None
+
+
+def compare(measured: dict, reference: dict, band: float = BAND) -> list[tuple[str, float | None, float | None, bool]]:
+    """(metric, reference, measured, within band) for every recorded metric."""
+    rows = []
+    for name, want in reference.items():
+        got = measured.get(name)
+        if want is None or got is None:
+            rows.append((name, want, got, want is None and got is None))
+        else:
+            rows.append((name, want, got, abs(got - want) <= band + 1e-9))
+    return rows
+
+
+def comparison_table(rows) -> str:
+    def rate(value):
+        return "–" if value is None else f"{100 * value:.1f}%"
+
+    lines = ["| metric | recorded | this run | within ±%d points |" % round(100 * BAND), "|---|---:|---:|---|"]
+    lines += [f"| {name} | {rate(want)} | {rate(got)} | {'yes' if ok else 'NO'} |" for name, want, got, ok in rows]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", default="runs/sandbox", help="folder for data, runs and logs")
+    parser.add_argument(
+        "--work", help="folder for data, runs and logs (default runs/sandbox, or runs/sandbox-short with --short)"
+    )
     parser.add_argument("--short", action="store_true", help="the quick version (tests use it)")
     parser.add_argument("--install", action="store_true", help="copy the trained agents to sandbox/agents/")
+    parser.add_argument("--resume", action="store_true", help="skip the steps whose output is already in --work")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    tables = train(args.work, short=args.short, install=args.install, seed=args.seed)
-    print("Critics (oracle Planner):\n" + tables["critic"] + "\nPlanner (no Critic):\n" + tables["planner"])
+    if args.install and args.short:
+        parser.error("--install ships agents of the full recipe; leave out --short")
+    work = args.work or ("runs/sandbox-short" if args.short else "runs/sandbox")
+    result = train(work, short=args.short, install=args.install, resume=args.resume, seed=args.seed)
+    print("Critics (oracle Planner):\n" + result["critic"] + "\nPlanner (no Critic):\n" + result["planner"])
+    reference = recorded("short", args.seed) if args.short else None
+    if reference:
+        rows = compare(result["metrics"], reference)
+        print(f"\nAgainst the short run recorded with the shipped agents ({RECORD}):\n" + comparison_table(rows))
+        if not all(ok for *_, ok in rows):
+            print("Some metrics left the band: this run does not reproduce the recorded one.")
+            return 1
     return 0
 
 

@@ -92,9 +92,13 @@ def test_oracle_critic_accepts_right_pictures_and_rewrites_wrong_ones_precisely(
     right = render(before_scene.with_cell(5, Obj("square", "blue", "small")))
     wrong = render(before_scene.with_cell(1, Obj("square", "blue", "small")))
     accepted = parse_verdict(critic.complete(critic_messages(before, right, step, step), seed=0))
-    assert accepted.accepted and accepted.refine_prompt == step and accepted.reasoning.startswith("Done")
+    asked = "add a small blue square at the right"
+    assert accepted.accepted and accepted.refine_prompt == step
+    assert accepted.reasoning == f"Seen: {asked}. Asked: {asked}. Done."
     rejected = parse_verdict(critic.complete(critic_messages(before, wrong, step, step), seed=0))
-    assert not rejected.accepted and "found nothing" in rejected.reasoning
+    assert not rejected.accepted
+    # The reasoning says what the pictures show against what the step asks, in the same precise words.
+    assert rejected.reasoning == f"Seen: add a small blue square at the top. Asked: {asked}. Not done."
     assert is_precise(rejected.refine_prompt)
     redrawn = SandboxGenerator().edit(before, rejected.refine_prompt, seed=123)
     assert judge_step(step, before, redrawn).success
