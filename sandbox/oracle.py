@@ -2,8 +2,8 @@
 
 They read the same chat messages a model would get (the rendered templates from core/, with the pictures)
 and write ``<think>...</think><answer>{...}</answer>``. They are the sandbox's teachers: their answers are
-the SFT targets, and they stand in for trained agents in the demo until those exist. Their names say
-"oracle".
+the SFT targets, and the upper bound the shipped agents are measured against (``--planner oracle``,
+``--critic oracle``). Their names say "oracle".
 
 - The Planner splits a request into steps and writes each step's prompt in the request's own words (it
   plans before any picture exists, so relations stay unresolved); for a "describe" request it reads the
