@@ -107,20 +107,29 @@ def _difference(index: int, expected, seen) -> str:
 
 
 def verdict_reasoning(score: StepScore) -> str:
-    """The Critic's <think> text for a verdict: the change seen, the change asked, then the verdict.
+    """The Critic's <think> text for a verdict: the picture seen, the change asked, the picture expected, then
+    the verdict.
 
-    The change seen comes first, so it has to be read from the two pictures (it cannot be copied from the
-    change asked); the verdict is then a comparison of two short texts, and the change asked is the refined
-    prompt written when the step fails.
+    The after picture is described whole and first, so every object in it has to be read (nothing written so
+    far says what is there); the expected picture is the before picture with the change asked applied, read
+    the same way. The verdict is then a comparison of two lists that line up place by place. A Critic that
+    described only the change learnt to copy it from the prompt, which is right whenever the step succeeds,
+    and so missed what changed elsewhere.
     """
     if score.error:
         return f"The step cannot be carried out on the before image: {score.error}."
     asked = change_summary(score.before, score.expected)
-    if score.success:
-        return f"Seen: {asked}. Asked: {asked}. Done."
     if not score.seen.readable:
         return f"Asked: {asked}. Not done: " + "; ".join(score.problems) + "."
-    return f"Seen: {change_summary(score.before, score.seen)}. Asked: {asked}. Not done."
+    return (
+        f"Seen: {scene_summary(score.seen)}. Asked: {asked}. Expected: {scene_summary(score.expected)}. "
+        + ("Done." if score.success else "Not done.")
+    )
+
+
+def scene_summary(scene: Scene) -> str:
+    """Every object of a scene in place order ("nothing" for an empty one)."""
+    return "; ".join(new_words(obj, PLACES[i]) for i, obj in scene.objects()) or "nothing"
 
 
 def change_summary(before: Scene, after: Scene) -> str:
@@ -160,5 +169,6 @@ __all__ = [
     "judge_step",
     "judge_text",
     "quality_of",
+    "scene_summary",
     "verdict_reasoning",
 ]

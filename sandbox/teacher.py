@@ -205,7 +205,7 @@ def tokenizer_text(count: int = 300, seed: int = 0) -> list[str]:
         KEEP,
         NOTHING_ELSE,
         "to the left of, to the right of, above, below, the same colour as, two objects:, three objects:",
-        "Asked: draw add move remove make. Seen: no change. Done. Not done.",
+        "Seen: nothing. Asked: draw add move remove make. Expected: a an. Done. Not done. no change",
     ]
     for task in make_tasks("train", count, seed=seed):
         lines.append(task.instruction)

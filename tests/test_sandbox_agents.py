@@ -94,11 +94,13 @@ def test_oracle_critic_accepts_right_pictures_and_rewrites_wrong_ones_precisely(
     accepted = parse_verdict(critic.complete(critic_messages(before, right, step, step), seed=0))
     asked = "add a small blue square at the right"
     assert accepted.accepted and accepted.refine_prompt == step
-    assert accepted.reasoning == f"Seen: {asked}. Asked: {asked}. Done."
+    scene = "a large red circle at the centre; a small blue square at the right"
+    assert accepted.reasoning == f"Seen: {scene}. Asked: {asked}. Expected: {scene}. Done."
     rejected = parse_verdict(critic.complete(critic_messages(before, wrong, step, step), seed=0))
     assert not rejected.accepted
-    # The reasoning says what the pictures show against what the step asks, in the same precise words.
-    assert rejected.reasoning == f"Seen: add a small blue square at the top. Asked: {asked}. Not done."
+    # The reasoning lists the picture seen, the change asked and the picture expected, place by place.
+    seen = "a small blue square at the top; a large red circle at the centre"
+    assert rejected.reasoning == f"Seen: {seen}. Asked: {asked}. Expected: {scene}. Not done."
     assert is_precise(rejected.refine_prompt)
     redrawn = SandboxGenerator().edit(before, rejected.refine_prompt, seed=123)
     assert judge_step(step, before, redrawn).success
