@@ -54,6 +54,8 @@ def test_eval_prints_the_table_and_writes_a_plot(tmp_path, capsys):
             "eval",
             "--tasks",
             "40",
+            "--planner",  # the oracle's plans: what the loop adds is measured apart from the Planner's own drift
+            "oracle",
             "--critic",
             "none",
             "--critic",
