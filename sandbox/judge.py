@@ -107,14 +107,15 @@ def _difference(index: int, expected, seen) -> str:
 
 
 def verdict_reasoning(score: StepScore) -> str:
-    """The Critic's <think> text for a verdict: the picture seen, the change asked, the picture expected, then
-    the verdict.
+    """The Critic's <think> text for a verdict: the picture seen, the change asked, the picture expected with
+    each object marked, the objects nobody asked for, then the verdict.
 
     The after picture is described whole and first, so every object in it has to be read (nothing written so
     far says what is there); the expected picture is the before picture with the change asked applied, read
-    the same way. The verdict is then a comparison of two lists that line up place by place. A Critic that
-    described only the change learnt to copy it from the prompt, which is right whenever the step succeeds,
-    and so missed what changed elsewhere.
+    the same way. Each expected object is then marked ``ok`` (the same object is seen at its place) or
+    ``missing``, and ``Extra`` lists what is seen at places where nothing is expected; the step is done when
+    every mark is ok and nothing is extra. A Critic that had to compare the two lists whole in one verdict word
+    contradicted its own right lists; a mark asks one question about one place.
     """
     if score.error:
         return f"The step cannot be carried out on the before image: {score.error}."
@@ -122,7 +123,8 @@ def verdict_reasoning(score: StepScore) -> str:
     if not score.seen.readable:
         return f"Asked: {asked}. Not done: " + "; ".join(score.problems) + "."
     return (
-        f"Seen: {scene_summary(score.seen)}. Asked: {asked}. Expected: {scene_summary(score.expected)}. "
+        f"Seen: {scene_summary(score.seen)}. Asked: {asked}. Expected: {marked_summary(score.expected, score.seen)}. "
+        f"Extra: {scene_summary(extra_objects(score.seen, score.expected))}. "
         + ("Done." if score.success else "Not done.")
     )
 
@@ -130,6 +132,19 @@ def verdict_reasoning(score: StepScore) -> str:
 def scene_summary(scene: Scene) -> str:
     """Every object of a scene in place order ("nothing" for an empty one)."""
     return "; ".join(new_words(obj, PLACES[i]) for i, obj in scene.objects()) or "nothing"
+
+
+def marked_summary(expected: Scene, seen: Scene) -> str:
+    """Every expected object in place order, marked ``ok`` when ``seen`` holds it at its place, else ``missing``."""
+    marked = [
+        f"{new_words(obj, PLACES[i])} {'ok' if seen[i] == obj else 'missing'}" for i, obj in expected.objects()
+    ]
+    return "; ".join(marked) or "nothing"
+
+
+def extra_objects(seen: Scene, expected: Scene) -> Scene:
+    """What ``seen`` holds at the places where ``expected`` is empty."""
+    return Scene(tuple(cell if expected[i] is None else None for i, cell in enumerate(seen.cells)))
 
 
 def change_summary(before: Scene, after: Scene) -> str:
@@ -167,7 +182,9 @@ __all__ = [
     "as_scene",
     "change_summary",
     "judge_step",
+    "extra_objects",
     "judge_text",
+    "marked_summary",
     "quality_of",
     "scene_summary",
     "verdict_reasoning",

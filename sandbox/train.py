@@ -42,9 +42,9 @@ RECIPES = AGENTS_DIR / "recipes"
 # collapsed every cell to the same vector within a few hundred steps and the agents could not see.
 BASE = {"hidden_size": 128, "layers": 4, "heads": 4, "vocab_size": 1024, "seed": 0, "template_tokens": True,
         "vision_hidden_size": 64, "vision_depth": 2, "tie_embeddings": False, "vision_position_scale": 1.0}
-# The short version: the same scripts and recipes on less data for fewer steps (about 6 minutes). A test retrains
+# The short version: the same scripts and recipes on less data for fewer steps (about 10 minutes). A test retrains
 # it and checks its metrics against those recorded when the shipped agents were installed.
-SHORT = {"tasks": 400, "planner_steps": 150, "critic_steps": 400, "grpo_steps": 4, "eval_tasks": 20,
+SHORT = {"tasks": 400, "planner_steps": 150, "critic_steps": 800, "grpo_steps": 4, "eval_tasks": 20,
          "max_new_tokens": 400}
 FULL = {"tasks": 4000, "planner_steps": None, "critic_steps": None, "grpo_steps": None, "eval_tasks": 100,
         "max_new_tokens": 400}

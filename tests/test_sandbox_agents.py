@@ -95,12 +95,16 @@ def test_oracle_critic_accepts_right_pictures_and_rewrites_wrong_ones_precisely(
     asked = "add a small blue square at the right"
     assert accepted.accepted and accepted.refine_prompt == step
     scene = "a large red circle at the centre; a small blue square at the right"
-    assert accepted.reasoning == f"Seen: {scene}. Asked: {asked}. Expected: {scene}. Done."
+    marked = "a large red circle at the centre ok; a small blue square at the right ok"
+    assert accepted.reasoning == f"Seen: {scene}. Asked: {asked}. Expected: {marked}. Extra: nothing. Done."
     rejected = parse_verdict(critic.complete(critic_messages(before, wrong, step, step), seed=0))
     assert not rejected.accepted
-    # The reasoning lists the picture seen, the change asked and the picture expected, place by place.
+    # The reasoning lists the picture seen and the change asked, marks each expected object found at its place
+    # or missing, and lists what was drawn where nothing was expected.
     seen = "a small blue square at the top; a large red circle at the centre"
-    assert rejected.reasoning == f"Seen: {seen}. Asked: {asked}. Expected: {scene}. Not done."
+    marked = "a large red circle at the centre ok; a small blue square at the right missing"
+    extra = "a small blue square at the top"
+    assert rejected.reasoning == f"Seen: {seen}. Asked: {asked}. Expected: {marked}. Extra: {extra}. Not done."
     assert is_precise(rejected.refine_prompt)
     redrawn = SandboxGenerator().edit(before, rejected.refine_prompt, seed=123)
     assert judge_step(step, before, redrawn).success
