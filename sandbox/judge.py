@@ -114,17 +114,18 @@ def verdict_reasoning(score: StepScore) -> str:
     far says what is there); the expected picture is the before picture with the change asked applied, read
     the same way. Each expected object is then marked ``ok`` (the same object is seen at its place) or
     ``missing``, and ``Extra`` lists what is seen at places where nothing is expected; the step is done when
-    every mark is ok and nothing is extra. A Critic that had to compare the two lists whole in one verdict word
-    contradicted its own right lists; a mark asks one question about one place.
+    every mark is ok and nothing is extra. A Critic that had to compare the two lists whole in one verdict
+    word contradicted its own right lists; a mark asks one question about one place.
     """
     if score.error:
         return f"The step cannot be carried out on the before image: {score.error}."
     asked = change_summary(score.before, score.expected)
     if not score.seen.readable:
         return f"Asked: {asked}. Not done: " + "; ".join(score.problems) + "."
+    expected = marked_summary(score.expected, score.seen)
+    extra = scene_summary(extra_objects(score.seen, score.expected))
     return (
-        f"Seen: {scene_summary(score.seen)}. Asked: {asked}. Expected: {marked_summary(score.expected, score.seen)}. "
-        f"Extra: {scene_summary(extra_objects(score.seen, score.expected))}. "
+        f"Seen: {scene_summary(score.seen)}. Asked: {asked}. Expected: {expected}. Extra: {extra}. "
         + ("Done." if score.success else "Not done.")
     )
 
@@ -135,9 +136,11 @@ def scene_summary(scene: Scene) -> str:
 
 
 def marked_summary(expected: Scene, seen: Scene) -> str:
-    """Every expected object in place order, marked ``ok`` when ``seen`` holds it at its place, else ``missing``."""
+    """Every expected object in place order, marked ``ok`` when ``seen`` holds it at its place, else
+    ``missing``."""
     marked = [
-        f"{new_words(obj, PLACES[i])} {'ok' if seen[i] == obj else 'missing'}" for i, obj in expected.objects()
+        f"{new_words(obj, PLACES[i])} {'ok' if seen[i] == obj else 'missing'}"
+        for i, obj in expected.objects()
     ]
     return "; ".join(marked) or "nothing"
 
@@ -181,8 +184,8 @@ __all__ = [
     "StepScore",
     "as_scene",
     "change_summary",
-    "judge_step",
     "extra_objects",
+    "judge_step",
     "judge_text",
     "marked_summary",
     "quality_of",
