@@ -21,15 +21,32 @@ from pathlib import Path
 
 # Shaped like Qwen3-VL-8B-Instruct's published configuration.
 TEXT_8B = {
-    "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32,
-    "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 262144,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [24, 20, 20],
-                        "mrope_interleaved": True},
+    "hidden_size": 4096,
+    "intermediate_size": 12288,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "vocab_size": 151936,
+    "max_position_embeddings": 262144,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 5_000_000.0,
+        "mrope_section": [24, 20, 20],
+        "mrope_interleaved": True,
+    },
     "tie_word_embeddings": False,
 }
 VISION_8B = {
-    "depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16, "out_hidden_size": 4096,
-    "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304,
+    "depth": 27,
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_heads": 16,
+    "out_hidden_size": 4096,
+    "patch_size": 16,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "num_position_embeddings": 2304,
     "deepstack_visual_indexes": [8, 16, 24],
 }
 
@@ -49,8 +66,13 @@ def build_processor_and_config(folder: Path, layers: int | None, max_pixels: int
     tiny = json.loads((folder / "config.json").read_text())
     text = dict(TEXT_8B, num_hidden_layers=layers or TEXT_8B["num_hidden_layers"])
     config = Qwen3VLConfig(
-        text_config=text, vision_config=VISION_8B, tie_word_embeddings=False,
-        **{k: tiny[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")},
+        text_config=text,
+        vision_config=VISION_8B,
+        tie_word_embeddings=False,
+        **{
+            k: tiny[k]
+            for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+        },
     )
     return processor, config
 
@@ -71,8 +93,11 @@ def report(stage: str, started: float) -> None:
     rank = int(os.environ.get("RANK", 0))
     peak = torch.cuda.max_memory_allocated() / 2**30
     reserved = torch.cuda.max_memory_reserved() / 2**30
-    print(f"[rank {rank}] {stage}: one step in {time.perf_counter() - started:.1f} s, "
-          f"peak allocated {peak:.1f} GiB, peak reserved {reserved:.1f} GiB", flush=True)
+    print(
+        f"[rank {rank}] {stage}: one step in {time.perf_counter() - started:.1f} s, "
+        f"peak allocated {peak:.1f} GiB, peak reserved {reserved:.1f} GiB",
+        flush=True,
+    )
 
 
 def sft_step(config, processor, work: Path, size: int) -> None:
@@ -83,10 +108,20 @@ def sft_step(config, processor, work: Path, size: int) -> None:
     from interleave_thinker.training.models import freeze_vision
     from interleave_thinker.training.synthetic import make_critic_examples
 
-    args = SFTConfig(output_dir=str(work / "sft"), max_steps=1, per_device_train_batch_size=1, bf16=True,
-                     gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False},
-                     max_length=None, remove_unused_columns=False, report_to=[], save_strategy="no",
-                     logging_steps=1, learning_rate=2e-5)
+    args = SFTConfig(
+        output_dir=str(work / "sft"),
+        max_steps=1,
+        per_device_train_batch_size=1,
+        bf16=True,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        max_length=None,
+        remove_unused_columns=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        learning_rate=2e-5,
+    )
     model = new_model(config)
     freeze_vision(model)
     rows = SFTRows(make_critic_examples(8, size=size), Templates.load(), max_pixels=size * size)
@@ -108,17 +143,34 @@ def grpo_step(config, processor, work: Path, size: int, generations: int) -> Non
     from interleave_thinker.training.rewards import CriticReward
     from interleave_thinker.training.synthetic import RuleJudge, ShapesGenerator, make_rl_examples
 
-    args = GRPOConfig(output_dir=str(work / "grpo"), max_steps=1, per_device_train_batch_size=generations,
-                      num_generations=generations, max_completion_length=256, bf16=True,
-                      gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False},
-                      remove_unused_columns=False, report_to=[], save_strategy="no", logging_steps=1,
-                      learning_rate=2e-6, beta=0.0, loss_type="dapo")
+    args = GRPOConfig(
+        output_dir=str(work / "grpo"),
+        max_steps=1,
+        per_device_train_batch_size=generations,
+        num_generations=generations,
+        max_completion_length=256,
+        bf16=True,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        remove_unused_columns=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        learning_rate=2e-6,
+        beta=0.0,
+        loss_type="dapo",
+    )
     processor.tokenizer.padding_side = "left"
     model = new_model(config)
     reward = CriticReward(ShapesGenerator(), RuleJudge())
     rows = CriticRLRows(make_rl_examples(8, size=size), Templates.load(), max_pixels=size * size)
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=rows.as_dataset(),
-                          processing_class=processor)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=rows.as_dataset(),
+        processing_class=processor,
+    )
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     trainer.train()

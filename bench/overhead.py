@@ -31,13 +31,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-PLAN = ("<think>three stages</think><answer>{'execution_plan': ["
-        "{'step_number': 1, 'step_name': 'Cat', 'instruction': 'A cat.', 'prompt': 'a cat on a sofa', "
-        "'auxiliary_text': None}, "
-        "{'step_number': 2, 'step_name': 'Hat', 'instruction': 'It wears a hat.', 'prompt': 'add a red hat', "
-        "'auxiliary_text': None}, "
-        "{'step_number': 3, 'step_name': 'Scarf', 'instruction': 'And a scarf.', 'prompt': 'add a blue scarf', "
-        "'auxiliary_text': None}]}</answer>")
+PLAN = (
+    "<think>three stages</think><answer>{'execution_plan': ["
+    "{'step_number': 1, 'step_name': 'Cat', 'instruction': 'A cat.', 'prompt': 'a cat on a sofa', "
+    "'auxiliary_text': None}, "
+    "{'step_number': 2, 'step_name': 'Hat', 'instruction': 'It wears a hat.', 'prompt': 'add a red hat', "
+    "'auxiliary_text': None}, "
+    "{'step_number': 3, 'step_name': 'Scarf', 'instruction': 'And a scarf.', 'prompt': 'add a blue scarf', "
+    "'auxiliary_text': None}]}</answer>"
+)
 
 
 class Timed:
@@ -86,10 +88,19 @@ def bench_loop(agent_dir: Path, pipeline_dir: Path, stories: int, new_tokens: in
     run_story("warm-up", Timed(agent, lambda m, n: PLAN), Timed(generator), None, config=config)
     walls, models, calls = [], [], 0
     for index in range(stories):
-        planner, critic, painter = Timed(agent, lambda m, n: PLAN), Timed(agent, critic_answer), Timed(generator)
+        planner, critic, painter = (
+            Timed(agent, lambda m, n: PLAN),
+            Timed(agent, critic_answer),
+            Timed(generator),
+        )
         start = time.perf_counter()
-        run_story(f"a cat story {index}", planner, painter, critic, config=LoopConfig(
-            width=64, height=64, max_attempts=3, seed=index))
+        run_story(
+            f"a cat story {index}",
+            planner,
+            painter,
+            critic,
+            config=LoopConfig(width=64, height=64, max_attempts=3, seed=index),
+        )
         walls.append(time.perf_counter() - start)
         models.append(planner.seconds + critic.seconds + painter.seconds)
         calls += planner.calls + critic.calls + painter.calls
@@ -105,8 +116,12 @@ def bench_agent_call(agent_dir: Path, repeats: int, new_tokens: int) -> dict:
     from interleave_thinker.core.messages import critic_messages
 
     agent = load_agent(str(agent_dir), decoding=Decoding(max_new_tokens=new_tokens), device="cpu")
-    messages = critic_messages(Image.new("RGB", (128, 128), "white"), Image.new("RGB", (128, 128), "red"),
-                               "a red square", "a red square")
+    messages = critic_messages(
+        Image.new("RGB", (128, 128), "white"),
+        Image.new("RGB", (128, 128), "red"),
+        "a red square",
+        "a red square",
+    )
     inputs = agent.prepare(messages)
     kwargs = agent.generation_kwargs(None)
     # Force the same number of new tokens on both sides, whatever the random weights pick.
@@ -119,10 +134,11 @@ def bench_agent_call(agent_dir: Path, repeats: int, new_tokens: int) -> dict:
 
     def by_hand():  # what a caller writes with transformers alone: template, processor, generate, decode
         prepared = agent.processor.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+            messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
         with torch.inference_mode():
             output = agent.model.generate(**prepared, **kwargs)
-        agent.tokenizer.decode(output[0, prepared["input_ids"].shape[1]:], skip_special_tokens=True)
+        agent.tokenizer.decode(output[0, prepared["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def full():
         agent.complete(messages, seed=0)
@@ -163,15 +179,33 @@ def main(argv=None) -> int:
 
     overhead = loop["wall"] - loop["model"]
     rows = [
-        ("refine loop", f"{loop['stories']} stories, {loop['calls']} model calls",
-         f"{loop['model']:.3f} s models", f"{loop['wall']:.3f} s wall",
-         f"{overhead / loop['wall']:.2%} overhead", "< 1%", overhead / loop["wall"] < 0.01),
-        ("agent call", f"median of {call['repeats']}, {args.new_tokens} new tokens",
-         f"{call['by_hand']:.4f} s by hand", f"{call['agent']:.4f} s agent",
-         f"{call['agent'] / call['by_hand']:.3f}x", "<= 1.05x", call["agent"] / call["by_hand"] <= 1.05),
-        ("agent call", "same, against generate alone",
-         f"{call['bare']:.4f} s generate", f"{call['agent']:.4f} s agent",
-         f"{call['agent'] / call['bare']:.3f}x", "<= 1.05x", call["agent"] / call["bare"] <= 1.05),
+        (
+            "refine loop",
+            f"{loop['stories']} stories, {loop['calls']} model calls",
+            f"{loop['model']:.3f} s models",
+            f"{loop['wall']:.3f} s wall",
+            f"{overhead / loop['wall']:.2%} overhead",
+            "< 1%",
+            overhead / loop["wall"] < 0.01,
+        ),
+        (
+            "agent call",
+            f"median of {call['repeats']}, {args.new_tokens} new tokens",
+            f"{call['by_hand']:.4f} s by hand",
+            f"{call['agent']:.4f} s agent",
+            f"{call['agent'] / call['by_hand']:.3f}x",
+            "<= 1.05x",
+            call["agent"] / call["by_hand"] <= 1.05,
+        ),
+        (
+            "agent call",
+            "same, against generate alone",
+            f"{call['bare']:.4f} s generate",
+            f"{call['agent']:.4f} s agent",
+            f"{call['agent'] / call['bare']:.3f}x",
+            "<= 1.05x",
+            call["agent"] / call["bare"] <= 1.05,
+        ),
     ]
     header = ("measurement", "what", "baseline", "measured", "ratio", "goal", "met")
     table = [header] + [row[:-1] + ("yes" if row[-1] else "NO",) for row in rows]
@@ -180,8 +214,10 @@ def main(argv=None) -> int:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
         if index == 0:
             print("  ".join("-" * width for width in widths))
-    print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, diffusers {diffusers.__version__}, "
-          f"{torch.get_num_threads()} threads, python {sys.version.split()[0]}")
+    print(
+        f"\ntorch {torch.__version__}, transformers {transformers.__version__}, diffusers {diffusers.__version__}, "
+        f"{torch.get_num_threads()} threads, python {sys.version.split()[0]}"
+    )
     return 0
 
 

@@ -31,47 +31,82 @@ class UsageError(ValueError):
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     agents = parser.add_argument_group("agents")
-    agents.add_argument("--planner", required=True, metavar="DIR|URL",
-                        help="Planner model folder, or an OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1)")
+    agents.add_argument(
+        "--planner",
+        required=True,
+        metavar="DIR|URL",
+        help="Planner model folder, or an OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1)",
+    )
     agents.add_argument("--planner-model", metavar="NAME", help="model name served at the --planner URL")
-    agents.add_argument("--critic", default="same", metavar="DIR|URL|same|none",
-                        help="Critic model folder or URL; 'same' reuses the Planner, 'none' keeps every first "
-                             "attempt (default: same)")
+    agents.add_argument(
+        "--critic",
+        default="same",
+        metavar="DIR|URL|same|none",
+        help="Critic model folder or URL; 'same' reuses the Planner, 'none' keeps every first "
+        "attempt (default: same)",
+    )
     agents.add_argument("--critic-model", metavar="NAME", help="model name served at the --critic URL")
-    agents.add_argument("--api-key-env", metavar="VAR",
-                        help="environment variable that holds the endpoint's API key (never pass keys as arguments)")
-    agents.add_argument("--max-new-tokens", type=int, default=2048, help="bound on each agent answer (default 2048)")
-    agents.add_argument("--temperature", type=float, default=0.0,
-                        help="agent sampling temperature; 0 is greedy (default)")
+    agents.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="environment variable that holds the endpoint's API key (never pass keys as arguments)",
+    )
+    agents.add_argument(
+        "--max-new-tokens", type=int, default=2048, help="bound on each agent answer (default 2048)"
+    )
+    agents.add_argument(
+        "--temperature", type=float, default=0.0, help="agent sampling temperature; 0 is greedy (default)"
+    )
     agents.add_argument("--retries", type=int, default=3, help="HTTP retries per agent call (default 3)")
     agents.add_argument("--timeout", type=float, default=120.0, help="HTTP timeout in seconds (default 120)")
-    agents.add_argument("--planner-template", metavar="FILE", help="your own Planner template (needs {text_input})")
-    agents.add_argument("--critic-template", metavar="FILE",
-                        help="your own Critic template (needs {original_instruction} and {rewritten_prompt})")
+    agents.add_argument(
+        "--planner-template", metavar="FILE", help="your own Planner template (needs {text_input})"
+    )
+    agents.add_argument(
+        "--critic-template",
+        metavar="FILE",
+        help="your own Critic template (needs {original_instruction} and {rewritten_prompt})",
+    )
 
     gen = parser.add_argument_group("generator")
     gen.add_argument("--generator", required=True, metavar="DIR", help="diffusers pipeline folder")
-    gen.add_argument("--edit-route", default="auto", choices=("auto", "text-to-image", "img2img", "reference"),
-                     help="how later steps edit the previous image (default: auto, from the pipeline family)")
+    gen.add_argument(
+        "--edit-route",
+        default="auto",
+        choices=("auto", "text-to-image", "img2img", "reference"),
+        help="how later steps edit the previous image (default: auto, from the pipeline family)",
+    )
     gen.add_argument("--steps", type=int, help="sampling steps (default: the pipeline's)")
     gen.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
     gen.add_argument("--strength", type=float, default=0.6, help="img2img denoise strength (default 0.6)")
     gen.add_argument("--negative-prompt", help="negative prompt, where the pipeline takes one")
-    gen.add_argument("--cpu-offload", action="store_true", help="offload pipeline parts to the CPU between uses")
+    gen.add_argument(
+        "--cpu-offload", action="store_true", help="offload pipeline parts to the CPU between uses"
+    )
 
     loop = parser.add_argument_group("loop")
-    loop.add_argument("--max-attempts", type=int, default=3, help="generations per step, retries included (1-10)")
+    loop.add_argument(
+        "--max-attempts", type=int, default=3, help="generations per step, retries included (1-10)"
+    )
     loop.add_argument("--max-steps", type=int, default=12, help="longest plan accepted (1-64)")
     loop.add_argument("--planner-tries", type=int, default=3, help="Planner answers tried before giving up")
     loop.add_argument("--seed", type=int, default=0, help="one seed for the whole story (default 0)")
     loop.add_argument("--width", type=int, default=1024)
     loop.add_argument("--height", type=int, default=1024)
-    loop.add_argument("--mode", default="auto", choices=("auto", "narrative", "guidance"),
-                      help="Planner mode (auto: guidance when images are given)")
-    loop.add_argument("--fallback-single-step", action="store_true",
-                      help="if the Planner never gives a valid plan, draw the instruction as one step")
-    loop.add_argument("--no-check-last", action="store_true",
-                      help="keep the last attempt without asking the Critic")
+    loop.add_argument(
+        "--mode",
+        default="auto",
+        choices=("auto", "narrative", "guidance"),
+        help="Planner mode (auto: guidance when images are given)",
+    )
+    loop.add_argument(
+        "--fallback-single-step",
+        action="store_true",
+        help="if the Planner never gives a valid plan, draw the instruction as one step",
+    )
+    loop.add_argument(
+        "--no-check-last", action="store_true", help="keep the last attempt without asking the Critic"
+    )
 
     device = parser.add_argument_group("device")
     device.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -88,16 +123,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="make one storyboard", description="Plan, draw and check one story.")
     run.add_argument("instruction", help="what to illustrate; mark where input images stand with <image>")
-    run.add_argument("--image", action="append", default=[], metavar="FILE", help="an input image (repeatable)")
+    run.add_argument(
+        "--image", action="append", default=[], metavar="FILE", help="an input image (repeatable)"
+    )
     run.add_argument("--out", required=True, metavar="DIR", help="storyboard folder to write")
     run.add_argument("--overwrite", action="store_true", help="replace an existing storyboard folder")
     _add_model_options(run)
 
-    batch = sub.add_parser("batch", help="make many storyboards, resumably",
-                           description="One storyboard per story. A rerun skips finished stories.")
-    batch.add_argument("stories", metavar="STORIES",
-                       help="a text file (one instruction a line) or JSONL (instruction, images, seed, id)")
-    batch.add_argument("--out", required=True, metavar="DIR", help="folder for the storyboards and index.html")
+    batch = sub.add_parser(
+        "batch",
+        help="make many storyboards, resumably",
+        description="One storyboard per story. A rerun skips finished stories.",
+    )
+    batch.add_argument(
+        "stories",
+        metavar="STORIES",
+        help="a text file (one instruction a line) or JSONL (instruction, images, seed, id)",
+    )
+    batch.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for the storyboards and index.html"
+    )
     _add_model_options(batch)
 
     for register in _EXTRA_COMMANDS:
@@ -184,7 +229,9 @@ def _check_generator_spec(spec: str) -> None:
     if not folder.is_dir():
         raise UsageError(f"--generator: folder not found: {folder}")
     if not (folder / "model_index.json").is_file():
-        raise UsageError(f"--generator: {folder} has no model_index.json; point it at a diffusers pipeline folder")
+        raise UsageError(
+            f"--generator: {folder} has no model_index.json; point it at a diffusers pipeline folder"
+        )
 
 
 @dataclass
@@ -213,27 +260,47 @@ def load_models(args: argparse.Namespace) -> Models:
 
     def agent(spec: str, model: str | None):
         if spec.lower().startswith(("http://", "https://")):
-            return OpenAIAgent(spec, model or "", api_key_env=args.api_key_env, decoding=decoding,
-                               timeout=args.timeout, retries=args.retries)
+            return OpenAIAgent(
+                spec,
+                model or "",
+                api_key_env=args.api_key_env,
+                decoding=decoding,
+                timeout=args.timeout,
+                retries=args.retries,
+            )
         return load_agent(spec, decoding=decoding, dtype=args.dtype, device=args.device)
 
     planner = agent(args.planner, args.planner_model)
-    critic = None if args.critic == "none" else planner if args.critic == "same" else agent(
-        args.critic, args.critic_model)
+    critic = (
+        None
+        if args.critic == "none"
+        else planner
+        if args.critic == "same"
+        else agent(args.critic, args.critic_model)
+    )
     if args.generator in _GENERATOR_SPECS:
         generator = _GENERATOR_SPECS[args.generator](args)
     else:
         generator = DiffusersGenerator(
-            args.generator, edit_route=args.edit_route, steps=args.steps, guidance=args.guidance,
-            strength=args.strength, negative_prompt=args.negative_prompt, dtype=args.dtype, device=args.device,
+            args.generator,
+            edit_route=args.edit_route,
+            steps=args.steps,
+            guidance=args.guidance,
+            strength=args.strength,
+            negative_prompt=args.negative_prompt,
+            dtype=args.dtype,
+            device=args.device,
             cpu_offload=args.cpu_offload,
         )
     return Models(
         planner=planner,
         critic=critic,
         generator=generator,
-        planner_template=load_template(args.mode if args.mode != "auto" else "narrative", args.planner_template)
-        if args.planner_template else None,
+        planner_template=load_template(
+            args.mode if args.mode != "auto" else "narrative", args.planner_template
+        )
+        if args.planner_template
+        else None,
         critic_template=load_template("critic", args.critic_template) if args.critic_template else None,
     )
 
@@ -273,8 +340,14 @@ class Progress:
 
         kind = event.kind
         if kind == "PlanReady":
-            self.bar = tqdm(total=len(event.plan.steps), desc=self.label, unit="step", file=sys.stderr,
-                            leave=False, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=len(event.plan.steps),
+                desc=self.label,
+                unit="step",
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
         elif self.bar is None:
             return
         elif kind == "AttemptStarted":
@@ -299,8 +372,15 @@ def run_one(models: Models, instruction: str, images, config, progress: Progress
 
     try:
         return run_story(
-            instruction, models.planner, models.generator, models.critic, images=images, config=config,
-            planner_template=models.planner_template, critic_template=models.critic_template, on_event=progress,
+            instruction,
+            models.planner,
+            models.generator,
+            models.critic,
+            images=images,
+            config=config,
+            planner_template=models.planner_template,
+            critic_template=models.critic_template,
+            on_event=progress,
         )
     finally:
         progress.close()
@@ -431,7 +511,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 images = load_images(item.images)
                 _check_markers(item.instruction, len(images))
                 config = loop_config(args, seed=item.seed)
-                story = run_one(models, item.instruction, images, config, Progress(item.id[:24], not args.quiet))
+                story = run_one(
+                    models, item.instruction, images, config, Progress(item.id[:24], not args.quiet)
+                )
                 story.story_id = item.id
                 story.save(folder)
                 record.update(status="done")
@@ -465,10 +547,15 @@ def write_batch_index(out: Path, records: list[dict[str, Any]], storyboard_class
             if pngs:
                 thumb = f'<img src="{e(record["id"])}/steps/{e(pngs[0].name)}" alt="">'
         detail = e(record.get("error", "")) if record["status"] == "failed" else ""
-        title = (f'<a href="{e(link)}">{e(record["instruction"])}</a>' if record["status"] == "done"
-                 else e(record["instruction"]))
-        rows.append(f'<tr class="{e(record["status"])}"><td>{thumb}</td><td>{title}<div class=err>{detail}</div>'
-                    f'</td><td>{e(record["status"])}</td></tr>')
+        title = (
+            f'<a href="{e(link)}">{e(record["instruction"])}</a>'
+            if record["status"] == "done"
+            else e(record["instruction"])
+        )
+        rows.append(
+            f'<tr class="{e(record["status"])}"><td>{thumb}</td><td>{title}<div class=err>{detail}</div>'
+            f"</td><td>{e(record['status'])}</td></tr>"
+        )
     page = (
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>Storyboards</title><style>"
         "body{font:16px/1.5 system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em}"
@@ -507,8 +594,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .storyboard import StoryboardError
 
     try:
-        return args.handler(args) if hasattr(args, "handler") else {"run": cmd_run, "batch": cmd_batch}[
-            args.command](args)
+        return (
+            args.handler(args)
+            if hasattr(args, "handler")
+            else {"run": cmd_run, "batch": cmd_batch}[args.command](args)
+        )
     except (UsageError, MessageError, TemplateError, StoryboardError) as error:
         return _fail(error, EXIT_BAD_INPUT)
     except (AgentError, GeneratorError) as error:

@@ -52,7 +52,9 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT:
-            raise ValueError(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {self.max_attempts}")
+            raise ValueError(
+                f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {self.max_attempts}"
+            )
         if not 1 <= self.max_steps <= MAX_PLAN_STEPS:
             raise ValueError(f"max_steps must be between 1 and {MAX_PLAN_STEPS}, got {self.max_steps}")
         for name in ("planner_tries", "critic_tries"):
@@ -184,7 +186,9 @@ def make_plan(
             errors.append(str(error))
             continue
         runtime.emit(PlanReady(plan, attempt + 1))
-        return PlanResult(plan, mode, output, attempt + 1, time.perf_counter() - start, errors, _name(planner))
+        return PlanResult(
+            plan, mode, output, attempt + 1, time.perf_counter() - start, errors, _name(planner)
+        )
     if config.fallback_single_step:
         plan = Plan.single_step(instruction)
         runtime.emit(PlanReady(plan, config.planner_tries))
@@ -220,7 +224,9 @@ def run_plan(
     for index, plan_step in enumerate(plan.steps):
         attempts: list[Attempt] = []
         if plan_step.makes_image:
-            attempts = _run_step(index, plan_step, before, generator, critic, critic_template, config, runtime)
+            attempts = _run_step(
+                index, plan_step, before, generator, critic, critic_template, config, runtime
+            )
             before = attempts[-1].image
         step = Step(plan_step, attempts)
         steps.append(step)
@@ -266,11 +272,26 @@ def run_story(
     """Plan ``instruction`` and carry the plan out: the whole storyboard in one call."""
     started = time.perf_counter()
     planning = make_plan(
-        planner, instruction, images, config=config, template=planner_template, on_event=on_event, cancel=cancel
+        planner,
+        instruction,
+        images,
+        config=config,
+        template=planner_template,
+        on_event=on_event,
+        cancel=cancel,
     )
     story = run_plan(
-        planning.plan, generator, critic, instruction=instruction, images=images, mode=planning.mode,
-        config=config, critic_template=critic_template, on_event=on_event, cancel=cancel, planning=planning,
+        planning.plan,
+        generator,
+        critic,
+        instruction=instruction,
+        images=images,
+        mode=planning.mode,
+        config=config,
+        critic_template=critic_template,
+        on_event=on_event,
+        cancel=cancel,
+        planning=planning,
     )
     story.timings["total_seconds"] = time.perf_counter() - started
     return story
@@ -308,15 +329,32 @@ def _run_step(
         verdict, output, error, critic_seconds = None, "", "", 0.0
         if critic is not None and (not last or config.check_last_attempt):
             verdict, output, error, critic_seconds = _critique(
-                critic, critic_template, critic_before, image, plan_step.prompt or "", prompt,
-                config, (index, number), runtime,
+                critic,
+                critic_template,
+                critic_before,
+                image,
+                plan_step.prompt or "",
+                prompt,
+                config,
+                (index, number),
+                runtime,
             )
         status = UNCHECKED if verdict is None else ACCEPTED if verdict.accepted else REJECTED
-        attempts.append(Attempt(
-            number=number, prompt=prompt, seed=seed, route=route, image=image, status=status, verdict=verdict,
-            critic_output=output, critic_error=error, generate_seconds=generate_seconds,
-            critic_seconds=critic_seconds,
-        ))
+        attempts.append(
+            Attempt(
+                number=number,
+                prompt=prompt,
+                seed=seed,
+                route=route,
+                image=image,
+                status=status,
+                verdict=verdict,
+                critic_output=output,
+                critic_error=error,
+                generate_seconds=generate_seconds,
+                critic_seconds=critic_seconds,
+            )
+        )
         runtime.emit(VerdictReady(index, number, status, verdict))
         if status != REJECTED:
             break

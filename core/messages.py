@@ -123,17 +123,21 @@ def critic_messages(
 ) -> list[Message]:
     """The Critic's single user turn: the before image, the after image, then the text."""
     template = template or load_template("critic")
-    text = template.render(original_instruction=original_instruction or "", rewritten_prompt=prompt_used or "")
+    text = template.render(
+        original_instruction=original_instruction or "", rewritten_prompt=prompt_used or ""
+    )
     # A template written for the official data starts with two markers; our images already stand first.
     text = _MARKER_RE.sub("", text, count=2) if text.lower().startswith(IMAGE_MARKER) else text
-    return [{
-        "role": "user",
-        "content": [
-            {"type": "image", "image": fit_pixels(before, max_pixels)},
-            {"type": "image", "image": fit_pixels(after, max_pixels)},
-            {"type": "text", "text": text.lstrip("\n")},
-        ],
-    }]
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": fit_pixels(before, max_pixels)},
+                {"type": "image", "image": fit_pixels(after, max_pixels)},
+                {"type": "text", "text": text.lstrip("\n")},
+            ],
+        }
+    ]
 
 
 def message_images(messages: Sequence[Message]) -> list[Image.Image]:
@@ -141,7 +145,9 @@ def message_images(messages: Sequence[Message]) -> list[Image.Image]:
 
 
 def message_text(messages: Sequence[Message]) -> str:
-    return "".join(part["text"] for message in messages for part in _parts(message) if part.get("type") == "text")
+    return "".join(
+        part["text"] for message in messages for part in _parts(message) if part.get("type") == "text"
+    )
 
 
 def _parts(message: Message) -> list[dict[str, Any]]:

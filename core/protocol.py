@@ -174,8 +174,8 @@ def parse_answer(text: str, what: str = "answer") -> AgentAnswer:
     blocks = _ANSWER_RE.findall(text)
     if blocks:
         body = blocks[-1]
-    elif (opened := list(_ANSWER_OPEN_RE.finditer(text))):
-        body = text[opened[-1].end():]  # an answer cut off by the token limit
+    elif opened := list(_ANSWER_OPEN_RE.finditer(text)):
+        body = text[opened[-1].end() :]  # an answer cut off by the token limit
     else:
         body = _THINK_RE.sub("", text)
         if not reasoning and "</think>" in body.lower():  # template put <think> in the prompt
@@ -250,7 +250,9 @@ def _validate_plan(data: Any, *, reasoning: str, max_steps: int, text: str) -> P
     if not raw_steps:
         raise ProtocolError("plan", "the plan has no steps", text)
     if len(raw_steps) > max_steps:
-        raise ProtocolError("plan", f"the plan has {len(raw_steps)} steps, more than the limit of {max_steps}", text)
+        raise ProtocolError(
+            "plan", f"the plan has {len(raw_steps)} steps, more than the limit of {max_steps}", text
+        )
 
     first = raw_steps[0].get("step_number") if isinstance(raw_steps[0], Mapping) else None
     start = _as_int(first)
@@ -268,10 +270,16 @@ def _validate_plan(data: Any, *, reasoning: str, max_steps: int, text: str) -> P
                 raise ProtocolError("plan", f"step {index + 1}: '{key}' holds a serialised plan", text)
             fields[key] = value
         if not (fields["prompt"] or fields["auxiliary_text"] or fields["instruction"]):
-            raise ProtocolError("plan", f"step {index + 1} has neither a prompt nor text for the reader", text)
-        steps.append(PlanStep(step_number=start + index, step_name=fields["step_name"] or "", **{
-            key: fields[key] for key in ("instruction", "prompt", "auxiliary_text")
-        }))
+            raise ProtocolError(
+                "plan", f"step {index + 1} has neither a prompt nor text for the reader", text
+            )
+        steps.append(
+            PlanStep(
+                step_number=start + index,
+                step_name=fields["step_name"] or "",
+                **{key: fields[key] for key in ("instruction", "prompt", "auxiliary_text")},
+            )
+        )
     return Plan(tuple(steps), reasoning=reasoning)
 
 

@@ -150,7 +150,11 @@ class Storyboard:
             "seed": self.seed,
             "settings": self.settings,
             "timings": self.timings,
-            "planner": {"output": self.planner_output, "tries": self.planner_tries, "reasoning": self.plan.reasoning},
+            "planner": {
+                "output": self.planner_output,
+                "tries": self.planner_tries,
+                "reasoning": self.plan.reasoning,
+            },
             "plan": self.plan.to_dict(),
             "inputs": [f"inputs/input-{i + 1:02d}.png" for i in range(len(self.input_images))],
             "steps": [
@@ -167,7 +171,9 @@ class Storyboard:
                             "route": a.route,
                             "status": a.status,
                             "image": _attempt_file(step, a),
-                            "verdict": a.verdict.to_dict() | {"reasoning": a.verdict.reasoning} if a.verdict else None,
+                            "verdict": a.verdict.to_dict() | {"reasoning": a.verdict.reasoning}
+                            if a.verdict
+                            else None,
                             "critic_output": a.critic_output,
                             "critic_error": a.critic_error,
                             "generate_seconds": a.generate_seconds,
@@ -222,7 +228,9 @@ class Storyboard:
             raise StoryboardError(f"cannot read {path}: {error}") from None
         version = data.get("version")
         if version != SCHEMA_VERSION:
-            raise StoryboardError(f"{path} has schema version {version!r}; this release reads {SCHEMA_VERSION}")
+            raise StoryboardError(
+                f"{path} has schema version {version!r}; this release reads {SCHEMA_VERSION}"
+            )
         try:
             planner = data.get("planner", {})
             plan = Plan.from_dict(data["plan"], reasoning=planner.get("reasoning", ""))
@@ -296,7 +304,9 @@ def _open(path: Path) -> Image.Image:
 def _verdict(data: dict | None) -> Verdict | None:
     if not data:
         return None
-    return Verdict(bool(data["previous_step_success"]), data.get("refine_prompt", ""), data.get("reasoning", ""))
+    return Verdict(
+        bool(data["previous_step_success"]), data.get("refine_prompt", ""), data.get("reasoning", "")
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -336,17 +346,24 @@ def render_html(story: Storyboard) -> str:
         '<meta name=viewport content="width=device-width,initial-scale=1">',
         f"<title>{e(story.instruction[:80])}</title><style>{_CSS}</style></head><body>",
         f"<h1>{e(story.instruction)}</h1>",
-        f'<p class=meta>{e(story.mode)} plan · {len(story.steps)} steps · seed {story.seed}'
-        f' · {e(str(story.settings.get("generator", "")))} · {e(story.created)}</p>',
+        f"<p class=meta>{e(story.mode)} plan · {len(story.steps)} steps · seed {story.seed}"
+        f" · {e(str(story.settings.get('generator', '')))} · {e(story.created)}</p>",
     ]
     if story.input_images:
-        out.append('<div class=inputs>' + "".join(
-            f'<img src="inputs/input-{i + 1:02d}.png" alt="input {i + 1}">' for i in range(len(story.input_images))
-        ) + "</div>")
+        out.append(
+            "<div class=inputs>"
+            + "".join(
+                f'<img src="inputs/input-{i + 1:02d}.png" alt="input {i + 1}">'
+                for i in range(len(story.input_images))
+            )
+            + "</div>"
+        )
     for step in story.steps:
         title = e(step.plan_step.step_name or f"Step {step.number}")
-        out.append(f'<section class=step id="step-{step.number}"><h2>{step.number}. {title}'
-                   f'{_badge(step.status) if step.attempts else ""}</h2>')
+        out.append(
+            f'<section class=step id="step-{step.number}"><h2>{step.number}. {title}'
+            f"{_badge(step.status) if step.attempts else ''}</h2>"
+        )
         if step.image is not None:
             # Small pictures are shown larger, with sharp pixels rather than a blur.
             small = " small" if max(step.image.size) < 256 else ""
@@ -363,7 +380,7 @@ def render_html(story: Storyboard) -> str:
                     f"<p><b>Attempt {a.number}</b>{_badge(a.status)}</p>"
                     f"<p><code>{e(a.prompt)}</code></p>"
                     + (f"<p>{e(reason)}</p>" if reason else "")
-                    + f'<p class=meta>{e(a.route)} · seed {a.seed} · generate {a.generate_seconds:.2f} s'
+                    + f"<p class=meta>{e(a.route)} · seed {a.seed} · generate {a.generate_seconds:.2f} s"
                     f" · critic {a.critic_seconds:.2f} s</p></div></div>"
                 )
             out.append("</details>")

@@ -36,15 +36,20 @@ PROBE_TIMEOUT = 10.0
 
 
 def _seed_input(tooltip: str):
-    return ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True, "tooltip": tooltip})
+    return (
+        "INT",
+        {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True, "tooltip": tooltip},
+    )
 
 
 class LoadAgent:
     """A Planner/Critic VLM: a folder in models/LLM run with transformers, or an OpenAI-compatible server."""
 
-    DESCRIPTION = ("Loads a vision-language model to act as Planner and/or Critic. One agent can serve both roles. "
-                   "Local folders live in models/LLM; endpoints (vLLM, Ollama, LM Studio) take their key from an "
-                   "environment variable, never from the graph.")
+    DESCRIPTION = (
+        "Loads a vision-language model to act as Planner and/or Critic. One agent can serve both roles. "
+        "Local folders live in models/LLM; endpoints (vLLM, Ollama, LM Studio) take their key from an "
+        "environment variable, never from the graph."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = (AGENT,)
     RETURN_NAMES = ("agent",)
@@ -55,30 +60,81 @@ class LoadAgent:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "backend": ([LOCAL, ENDPOINT], {"default": LOCAL, "tooltip":
-                            "Run a model folder from models/LLM here, or call an OpenAI-compatible server."}),
-                "model": (list_agent_folders(), {"tooltip":
-                          "A Hugging Face VLM folder (with config.json) inside models/LLM. Local backend only."}),
-                "endpoint_url": ("STRING", {"default": "http://127.0.0.1:8000/v1", "tooltip":
-                                 "Base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1. "
-                                 "Endpoint backend only."}),
-                "endpoint_model": ("STRING", {"default": "", "tooltip":
-                                   "The model name the server knows. Endpoint backend only."}),
-                "api_key_env": ("STRING", {"default": "", "tooltip":
-                                "Name of the environment variable that holds the API key (not the key itself); "
-                                "empty for servers without a key. Endpoint backend only."}),
-                "dtype": (list(DTYPES), {"default": "auto", "tooltip":
-                          "Weight precision; auto is bf16/fp16 on a GPU and fp32 on the CPU. Local backend only."}),
-                "device": (list(DEVICES), {"default": "auto", "tooltip":
-                           "auto runs on ComfyUI's device (the GPU if it has one); cpu keeps the agent off the "
-                           "GPU. Local backend only."}),
-                "memory": (list(MEMORY_POLICIES), {"default": KEEP, "tooltip":
-                           "keep on GPU: stays there between calls and leaves only when the diffusion model needs "
-                           "the room. offload: back to the CPU after every call (slower, smallest footprint)."}),
-                "max_new_tokens": ("INT", {"default": 2048, "min": 1, "max": 32768, "tooltip":
-                                   "Upper bound on the length of one answer."}),
-                "temperature": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip":
-                                "0 decodes greedily (same answer every run); above 0 samples, seeded."}),
+                "backend": (
+                    [LOCAL, ENDPOINT],
+                    {
+                        "default": LOCAL,
+                        "tooltip": "Run a model folder from models/LLM here, or call an OpenAI-compatible server.",
+                    },
+                ),
+                "model": (
+                    list_agent_folders(),
+                    {
+                        "tooltip": "A Hugging Face VLM folder (with config.json) inside models/LLM. Local backend only."
+                    },
+                ),
+                "endpoint_url": (
+                    "STRING",
+                    {
+                        "default": "http://127.0.0.1:8000/v1",
+                        "tooltip": "Base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1. "
+                        "Endpoint backend only.",
+                    },
+                ),
+                "endpoint_model": (
+                    "STRING",
+                    {"default": "", "tooltip": "The model name the server knows. Endpoint backend only."},
+                ),
+                "api_key_env": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "Name of the environment variable that holds the API key (not the key itself); "
+                        "empty for servers without a key. Endpoint backend only.",
+                    },
+                ),
+                "dtype": (
+                    list(DTYPES),
+                    {
+                        "default": "auto",
+                        "tooltip": "Weight precision; auto is bf16/fp16 on a GPU and fp32 on the CPU. Local backend only.",
+                    },
+                ),
+                "device": (
+                    list(DEVICES),
+                    {
+                        "default": "auto",
+                        "tooltip": "auto runs on ComfyUI's device (the GPU if it has one); cpu keeps the agent off the "
+                        "GPU. Local backend only.",
+                    },
+                ),
+                "memory": (
+                    list(MEMORY_POLICIES),
+                    {
+                        "default": KEEP,
+                        "tooltip": "keep on GPU: stays there between calls and leaves only when the diffusion model needs "
+                        "the room. offload: back to the CPU after every call (slower, smallest footprint).",
+                    },
+                ),
+                "max_new_tokens": (
+                    "INT",
+                    {
+                        "default": 2048,
+                        "min": 1,
+                        "max": 32768,
+                        "tooltip": "Upper bound on the length of one answer.",
+                    },
+                ),
+                "temperature": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 2.0,
+                        "step": 0.05,
+                        "tooltip": "0 decodes greedily (same answer every run); above 0 samples, seeded.",
+                    },
+                ),
             }
         }
 
@@ -106,8 +162,19 @@ class LoadAgent:
             return "missing"
         return hashlib.sha256(folder_fingerprint(folder).encode()).hexdigest()
 
-    def load(self, backend, model, endpoint_url, endpoint_model, api_key_env, dtype, device, memory,
-             max_new_tokens, temperature):
+    def load(
+        self,
+        backend,
+        model,
+        endpoint_url,
+        endpoint_model,
+        api_key_env,
+        dtype,
+        device,
+        memory,
+        max_new_tokens,
+        temperature,
+    ):
         decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature)
         try:
             if backend == ENDPOINT:
@@ -125,8 +192,14 @@ class LoadAgent:
         folder = find_agent_folder(model)
         if device == "auto":
             device = str(module("comfy.model_management").get_torch_device())
-        agent = TransformersAgent(folder, dtype=dtype, device=device, decoding=decoding,
-                                  memory=MEMORY_POLICIES[policy], make_room=memory.make_room)
+        agent = TransformersAgent(
+            folder,
+            dtype=dtype,
+            device=device,
+            decoding=decoding,
+            memory=MEMORY_POLICIES[policy],
+            make_room=memory.make_room,
+        )
         memory.track(agent)
         return agent
 
@@ -142,8 +215,9 @@ class LoadAgent:
 
 def _check_endpoint(url: str, model: str) -> None:
     if not str(url).strip().lower().startswith(("http://", "https://")):
-        raise NodeError(f"endpoint_url must start with http:// or https:// (got {url!r}), "
-                        f"e.g. http://127.0.0.1:8000/v1")
+        raise NodeError(
+            f"endpoint_url must start with http:// or https:// (got {url!r}), e.g. http://127.0.0.1:8000/v1"
+        )
     if not str(model).strip():
         raise NodeError("endpoint_model is empty: give the model name the server serves")
 
@@ -157,20 +231,25 @@ def _probe(base_url: str) -> None:
         return  # it answered; a server without /models is still a server
     except OSError as error:  # refused, unresolvable, timed out
         reason = getattr(error, "reason", error)
-        raise NodeError(f"cannot reach the endpoint at {base_url}: {reason}. Start the server or fix "
-                        f"endpoint_url") from None
+        raise NodeError(
+            f"cannot reach the endpoint at {base_url}: {reason}. Start the server or fix endpoint_url"
+        ) from None
 
 
 class Planner:
     """The Planner: one instruction (and optional images) into an ordered plan of steps."""
 
-    DESCRIPTION = ("Asks the agent for a plan: the steps of the story or process, each with a prompt for the "
-                   "image model and text for the reader. Same inputs and seed give the same plan (cached).")
+    DESCRIPTION = (
+        "Asks the agent for a plan: the steps of the story or process, each with a prompt for the "
+        "image model and text for the reader. Same inputs and seed give the same plan (cached)."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = (PLAN, "STRING")
     RETURN_NAMES = ("plan", "plan_json")
-    OUTPUT_TOOLTIPS = ("The plan, for the Refine Loop or Plan to Prompts.",
-                       "The plan as JSON in the official execution_plan format.")
+    OUTPUT_TOOLTIPS = (
+        "The plan, for the Refine Loop or Plan to Prompts.",
+        "The plan as JSON in the official execution_plan format.",
+    )
     FUNCTION = "plan"
 
     @classmethod
@@ -178,18 +257,39 @@ class Planner:
         return {
             "required": {
                 "agent": (AGENT, {"tooltip": "The Planner model, from Load Agent."}),
-                "instruction": ("STRING", {"multiline": True, "default": "", "tooltip":
-                                "What to illustrate: a story, a process, a recipe. With images, an <image> marker "
-                                "places each one in the text; without markers they come first."}),
-                "mode": (["auto", "narrative", "guidance"], {"default": "auto", "tooltip":
-                         "narrative: a story drawn from a white canvas. guidance: continue from your last "
-                         "image. auto: guidance when images are connected, narrative otherwise."}),
-                "max_steps": ("INT", {"default": 8, "min": 1, "max": MAX_PLAN_STEPS, "tooltip":
-                              "Plans longer than this are rejected and the Planner asked again."}),
+                "instruction": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "tooltip": "What to illustrate: a story, a process, a recipe. With images, an <image> marker "
+                        "places each one in the text; without markers they come first.",
+                    },
+                ),
+                "mode": (
+                    ["auto", "narrative", "guidance"],
+                    {
+                        "default": "auto",
+                        "tooltip": "narrative: a story drawn from a white canvas. guidance: continue from your last "
+                        "image. auto: guidance when images are connected, narrative otherwise.",
+                    },
+                ),
+                "max_steps": (
+                    "INT",
+                    {
+                        "default": 8,
+                        "min": 1,
+                        "max": MAX_PLAN_STEPS,
+                        "tooltip": "Plans longer than this are rejected and the Planner asked again.",
+                    },
+                ),
                 "seed": _seed_input("Seeds the Planner's re-sampling when an answer does not parse."),
             },
             "optional": {
-                "images": ("IMAGE", {"tooltip": "Optional pictures for the Planner to read (guidance mode)."}),
+                "images": (
+                    "IMAGE",
+                    {"tooltip": "Optional pictures for the Planner to read (guidance mode)."},
+                ),
             },
         }
 
@@ -202,8 +302,10 @@ class Planner:
             raise_interrupted()
         except ProtocolError as error:
             empty = "" if error.excerpt else " (its answer was empty)"
-            raise NodeError(f"the Planner ({_name(agent)}) gave no valid plan: {error.reason}{empty}. Try another "
-                            f"seed, a larger max_new_tokens, or a model trained for planning") from None
+            raise NodeError(
+                f"the Planner ({_name(agent)}) gave no valid plan: {error.reason}{empty}. Try another "
+                f"seed, a larger max_new_tokens, or a model trained for planning"
+            ) from None
         except (MessageError, ValueError) as error:
             raise NodeError(str(error)) from None
         except AgentError as error:
@@ -214,9 +316,11 @@ class Planner:
 class Critic:
     """The Critic: does the after image carry out the step? If not, a better prompt."""
 
-    DESCRIPTION = ("Compares the before and after images with the step and answers accepted, or not accepted "
-                   "with a refined prompt for another attempt. When its answer never parses, the image is kept "
-                   "and the reasoning says so.")
+    DESCRIPTION = (
+        "Compares the before and after images with the step and answers accepted, or not accepted "
+        "with a refined prompt for another attempt. When its answer never parses, the image is kept "
+        "and the reasoning says so."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("BOOLEAN", "STRING", "STRING")
     RETURN_NAMES = ("accepted", "refined_prompt", "reasoning")
@@ -232,13 +336,27 @@ class Critic:
         return {
             "required": {
                 "agent": (AGENT, {"tooltip": "The Critic model, from Load Agent (may be the Planner's)."}),
-                "before": ("IMAGE", {"tooltip": "The picture before the step (a white canvas for a story's first "
-                           "step)."}),
+                "before": (
+                    "IMAGE",
+                    {"tooltip": "The picture before the step (a white canvas for a story's first step)."},
+                ),
                 "after": ("IMAGE", {"tooltip": "The picture the image model made for the step."}),
-                "step_instruction": ("STRING", {"multiline": True, "default": "", "tooltip":
-                                     "The step's original prompt from the plan."}),
-                "prompt_used": ("STRING", {"multiline": True, "default": "", "tooltip":
-                                "The prompt actually given to the image model for this picture."}),
+                "step_instruction": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "tooltip": "The step's original prompt from the plan.",
+                    },
+                ),
+                "prompt_used": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "tooltip": "The prompt actually given to the image model for this picture.",
+                    },
+                ),
                 "seed": _seed_input("Seeds the Critic's re-sampling when an answer does not parse."),
             }
         }
@@ -260,8 +378,11 @@ class Critic:
             if interrupted():
                 raise_interrupted()
             try:
-                output = agent.complete(messages, seed=derive_seed(seed, "critic", attempt),
-                                        temperature=None if attempt == 0 else resample)
+                output = agent.complete(
+                    messages,
+                    seed=derive_seed(seed, "critic", attempt),
+                    temperature=None if attempt == 0 else resample,
+                )
             except AgentError as error:
                 raise NodeError(f"the Critic could not answer: {error}") from None
             try:
@@ -278,4 +399,3 @@ class Critic:
 
 def _name(agent) -> str:
     return str(getattr(agent, "name", type(agent).__name__))
-

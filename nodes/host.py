@@ -57,7 +57,9 @@ class Progress:
         self.bar = module("comfy.utils").ProgressBar(max(1, total))
 
     def set(self, value: int, preview=None) -> None:
-        self.bar.update_absolute(value, preview=("JPEG", preview, PREVIEW_SIZE) if preview is not None else None)
+        self.bar.update_absolute(
+            value, preview=("JPEG", preview, PREVIEW_SIZE) if preview is not None else None
+        )
 
 
 # -- model folders ------------------------------------------------------------------------------------------
@@ -87,8 +89,11 @@ def list_agent_folders() -> list[str]:
             if (child / "config.json").is_file():
                 found.append(child.name)
                 continue
-            found += [f"{child.name}/{sub.name}" for sub in sorted(child.iterdir())
-                      if sub.is_dir() and (sub / "config.json").is_file()]
+            found += [
+                f"{child.name}/{sub.name}"
+                for sub in sorted(child.iterdir())
+                if sub.is_dir() and (sub / "config.json").is_file()
+            ]
     return list(dict.fromkeys(found))
 
 

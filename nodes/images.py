@@ -16,8 +16,12 @@ def to_pil(images) -> list[Image.Image]:
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"expected an IMAGE batch [batch, height, width, channels], got shape {tuple(array.shape)}")
-    pixels = np.clip(255.0 * array[..., :3] if array.shape[-1] != 1 else 255.0 * np.repeat(array, 3, -1), 0, 255)
+        raise ValueError(
+            f"expected an IMAGE batch [batch, height, width, channels], got shape {tuple(array.shape)}"
+        )
+    pixels = np.clip(
+        255.0 * array[..., :3] if array.shape[-1] != 1 else 255.0 * np.repeat(array, 3, -1), 0, 255
+    )
     return [Image.fromarray(frame.astype(np.uint8), "RGB") for frame in pixels]
 
 
@@ -39,6 +43,7 @@ def single(images, what: str) -> Image.Image:
     """The one picture of an IMAGE input, or a ValueError saying how many there were."""
     frames = to_pil(images)
     if len(frames) != 1:
-        raise ValueError(f"the {what} must be one picture, got a batch of {len(frames)}; pick one with "
-                         f"ImageFromBatch")
+        raise ValueError(
+            f"the {what} must be one picture, got a batch of {len(frames)}; pick one with ImageFromBatch"
+        )
     return frames[0]

@@ -72,9 +72,12 @@ class ComfySampler:
         guidance: float | None = None,
     ):
         if model is None or clip is None or vae is None:
-            missing = [name for name, value in (("MODEL", model), ("CLIP", clip), ("VAE", vae)) if value is None]
-            raise GeneratorError(f"{', '.join(missing)} is missing: the checkpoint has no such part; load it "
-                                 f"separately")
+            missing = [
+                name for name, value in (("MODEL", model), ("CLIP", clip), ("VAE", vae)) if value is None
+            ]
+            raise GeneratorError(
+                f"{', '.join(missing)} is missing: the checkpoint has no such part; load it separately"
+            )
         if not 0 < denoise <= 1:
             raise GeneratorError(f"denoise must be in (0, 1], got {denoise}")
         self.model, self.clip, self.vae = model, clip, vae
@@ -119,7 +122,9 @@ class ComfySampler:
 
     def _make_room(self) -> None:
         """Agents kept on the GPU step aside if the diffusion model, text encoder or VAE would not fit."""
-        memory.release_agents_for(self.model, getattr(self.clip, "patcher", None), getattr(self.vae, "patcher", None))
+        memory.release_agents_for(
+            self.model, getattr(self.clip, "patcher", None), getattr(self.vae, "patcher", None)
+        )
 
     def _encode(self, text: str):
         conditioning = self._nodes().CLIPTextEncode().encode(self.clip, text)[0]
@@ -135,21 +140,33 @@ class ComfySampler:
         if self.family == QWEN_IMAGE:
             # Qwen-Image-Edit also reads the before image through its vision-language text encoder.
             qwen = module("comfy_extras.nodes_qwen")
-            output = qwen.TextEncodeQwenImageEdit.execute(clip=self.clip, prompt=prompt, vae=self.vae, image=pixels)
+            output = qwen.TextEncodeQwenImageEdit.execute(
+                clip=self.clip, prompt=prompt, vae=self.vae, image=pixels
+            )
             return self._with_guidance(output[0])
         return module("node_helpers").conditioning_set_values(
             self._encode(prompt), {"reference_latents": [latent]}, append=True
         )
 
-    def _sample(self, positive, latent: dict, seed: int, denoise: float, size: tuple[int, int]) -> Image.Image:
+    def _sample(
+        self, positive, latent: dict, seed: int, denoise: float, size: tuple[int, int]
+    ) -> Image.Image:
         nodes = self._nodes()
         if self._negative_cond is None:
             self._negative_cond = self._encode(self.negative)
         oom = module("comfy.model_management").OOM_EXCEPTION
         try:
             samples = nodes.common_ksampler(
-                self.model, seed, self.steps, self.cfg, self.sampler_name, self.scheduler,
-                positive, self._negative_cond, latent, denoise=denoise,
+                self.model,
+                seed,
+                self.steps,
+                self.cfg,
+                self.sampler_name,
+                self.scheduler,
+                positive,
+                self._negative_cond,
+                latent,
+                denoise=denoise,
             )[0]
         except oom:
             raise  # ComfyUI explains out-of-memory errors itself
@@ -161,9 +178,15 @@ class ComfySampler:
 
     def settings(self) -> dict:
         return {
-            "family": self.family, "edit_route": self.edit_route, "steps": self.steps, "cfg": self.cfg,
-            "sampler": self.sampler_name, "scheduler": self.scheduler, "denoise": self.denoise,
-            "guidance": self.guidance, "negative_prompt": self.negative,
+            "family": self.family,
+            "edit_route": self.edit_route,
+            "steps": self.steps,
+            "cfg": self.cfg,
+            "sampler": self.sampler_name,
+            "scheduler": self.scheduler,
+            "denoise": self.denoise,
+            "guidance": self.guidance,
+            "negative_prompt": self.negative,
         }
 
     def __repr__(self) -> str:

@@ -42,10 +42,12 @@ NO_FILE = "(none)"
 class RefineLoop:
     """The controller: each step of the plan drawn with the loaded model, checked by the Critic, redrawn."""
 
-    DESCRIPTION = ("Carries out a plan with your MODEL/CLIP/VAE through ComfyUI's own sampler. Step 1 is drawn "
-                   "from text; later steps edit the last accepted image by the edit route. Each picture goes to "
-                   "the Critic; a rejected one is redrawn from the same before image with the Critic's prompt, "
-                   "up to max attempts. Without a Critic every first attempt is kept.")
+    DESCRIPTION = (
+        "Carries out a plan with your MODEL/CLIP/VAE through ComfyUI's own sampler. Step 1 is drawn "
+        "from text; later steps edit the last accepted image by the edit route. Each picture goes to "
+        "the Critic; a rejected one is redrawn from the same before image with the Critic's prompt, "
+        "up to max attempts. Without a Critic every first attempt is kept."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "STRING", STORYBOARD, "IMAGE")
     RETURN_NAMES = ("images", "story", "storyboard", "attempts")
@@ -66,48 +68,150 @@ class RefineLoop:
                 "model": ("MODEL", {"tooltip": "The diffusion model that draws every step."}),
                 "clip": ("CLIP", {"tooltip": "The text encoder for the prompts."}),
                 "vae": ("VAE", {"tooltip": "The VAE that encodes before images and decodes results."}),
-                "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip":
-                                    "What no picture should show (ignored at cfg 1, as with FLUX)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
-                                 "tooltip": "Every step and attempt derives its noise seed from this one: same "
-                                            "seed, same storyboard."}),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Sampling steps per picture."}),
-                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                                  "tooltip": "Classifier-free guidance scale (1 for FLUX and other distilled "
-                                             "models)."}),
+                "negative_prompt": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "tooltip": "What no picture should show (ignored at cfg 1, as with FLUX).",
+                    },
+                ),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": SEED_MAX,
+                        "control_after_generate": True,
+                        "tooltip": "Every step and attempt derives its noise seed from this one: same "
+                        "seed, same storyboard.",
+                    },
+                ),
+                "steps": (
+                    "INT",
+                    {"default": 20, "min": 1, "max": 10000, "tooltip": "Sampling steps per picture."},
+                ),
+                "cfg": (
+                    "FLOAT",
+                    {
+                        "default": 7.0,
+                        "min": 0.0,
+                        "max": 100.0,
+                        "step": 0.1,
+                        "round": 0.01,
+                        "tooltip": "Classifier-free guidance scale (1 for FLUX and other distilled models).",
+                    },
+                ),
                 "sampler_name": (samplers, {"default": "euler", "tooltip": "The sampling algorithm."}),
                 "scheduler": (schedulers, {"default": "normal", "tooltip": "The noise schedule."}),
-                "width": ("INT", {"default": 1024, "min": MIN_SIZE, "max": MAX_SIZE, "step": 16, "tooltip":
-                                  "Width of pictures drawn from text (edits keep the before image's size)."}),
-                "height": ("INT", {"default": 1024, "min": MIN_SIZE, "max": MAX_SIZE, "step": 16, "tooltip":
-                                   "Height of pictures drawn from text."}),
-                "edit_route": (list(EDIT_ROUTE_CHOICES), {"default": "auto", "tooltip":
-                               "How a step changes the before image. reference: the before image joins the "
-                               "conditioning (FLUX Kontext, FLUX.2, Qwen-Image-Edit). img2img: re-noise it by "
-                               "denoise. text-to-image: independent pictures. auto: reference for FLUX and "
-                               "Qwen-Image models, img2img otherwise (pick img2img for plain FLUX.1 dev)."}),
-                "denoise": ("FLOAT", {"default": 0.6, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip":
-                                      "img2img only: how much of the before image is redrawn."}),
-                "max_attempts": ("INT", {"default": 3, "min": 1, "max": MAX_ATTEMPTS_LIMIT, "tooltip":
-                                         "Pictures per step at most; the last one is kept if none is accepted."}),
+                "width": (
+                    "INT",
+                    {
+                        "default": 1024,
+                        "min": MIN_SIZE,
+                        "max": MAX_SIZE,
+                        "step": 16,
+                        "tooltip": "Width of pictures drawn from text (edits keep the before image's size).",
+                    },
+                ),
+                "height": (
+                    "INT",
+                    {
+                        "default": 1024,
+                        "min": MIN_SIZE,
+                        "max": MAX_SIZE,
+                        "step": 16,
+                        "tooltip": "Height of pictures drawn from text.",
+                    },
+                ),
+                "edit_route": (
+                    list(EDIT_ROUTE_CHOICES),
+                    {
+                        "default": "auto",
+                        "tooltip": "How a step changes the before image. reference: the before image joins the "
+                        "conditioning (FLUX Kontext, FLUX.2, Qwen-Image-Edit). img2img: re-noise it by "
+                        "denoise. text-to-image: independent pictures. auto: reference for FLUX and "
+                        "Qwen-Image models, img2img otherwise (pick img2img for plain FLUX.1 dev).",
+                    },
+                ),
+                "denoise": (
+                    "FLOAT",
+                    {
+                        "default": 0.6,
+                        "min": 0.01,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "img2img only: how much of the before image is redrawn.",
+                    },
+                ),
+                "max_attempts": (
+                    "INT",
+                    {
+                        "default": 3,
+                        "min": 1,
+                        "max": MAX_ATTEMPTS_LIMIT,
+                        "tooltip": "Pictures per step at most; the last one is kept if none is accepted.",
+                    },
+                ),
             },
             "optional": {
                 "critic": (AGENT, {"tooltip": "The Critic; without one every first attempt is kept."}),
-                "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip":
-                                       "Guidance embedding for FLUX-type models (as FluxGuidance); other "
-                                       "models ignore it."}),
+                "guidance": (
+                    "FLOAT",
+                    {
+                        "default": 3.5,
+                        "min": 0.0,
+                        "max": 100.0,
+                        "step": 0.1,
+                        "tooltip": "Guidance embedding for FLUX-type models (as FluxGuidance); other "
+                        "models ignore it.",
+                    },
+                ),
             },
         }
 
-    def run(self, plan, model, clip, vae, negative_prompt, seed, steps, cfg, sampler_name, scheduler, width,
-            height, edit_route, denoise, max_attempts, critic=None, guidance=None):
+    def run(
+        self,
+        plan,
+        model,
+        clip,
+        vae,
+        negative_prompt,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        width,
+        height,
+        edit_route,
+        denoise,
+        max_attempts,
+        critic=None,
+        guidance=None,
+    ):
         try:
             generator = ComfySampler(
-                model, clip, vae, negative=negative_prompt, steps=steps, cfg=cfg, sampler_name=sampler_name,
-                scheduler=scheduler, denoise=denoise, edit_route=edit_route, guidance=guidance,
+                model,
+                clip,
+                vae,
+                negative=negative_prompt,
+                steps=steps,
+                cfg=cfg,
+                sampler_name=sampler_name,
+                scheduler=scheduler,
+                denoise=denoise,
+                edit_route=edit_route,
+                guidance=guidance,
             )
-            config = LoopConfig(max_attempts=max_attempts, max_steps=MAX_PLAN_STEPS, seed=seed, width=width,
-                                height=height, mode=plan.mode)
+            config = LoopConfig(
+                max_attempts=max_attempts,
+                max_steps=MAX_PLAN_STEPS,
+                seed=seed,
+                width=width,
+                height=height,
+                mode=plan.mode,
+            )
         except (GeneratorError, ValueError) as error:
             raise NodeError(str(error)) from None
         image_steps = [index for index, step in enumerate(plan.plan.steps) if step.makes_image]
@@ -125,8 +229,16 @@ class RefineLoop:
 
         try:
             story = run_plan(
-                plan.plan, generator, critic, instruction=plan.instruction, images=plan.images, mode=plan.mode,
-                config=config, on_event=on_event, cancel=interrupted, planning=plan.planning,
+                plan.plan,
+                generator,
+                critic,
+                instruction=plan.instruction,
+                images=plan.images,
+                mode=plan.mode,
+                config=config,
+                on_event=on_event,
+                cancel=interrupted,
+                planning=plan.planning,
             )
         except Cancelled:
             raise_interrupted()
@@ -143,8 +255,10 @@ class RefineLoop:
 class PlanToPrompts:
     """A plan as lists, for graphs built from core nodes (Planner -> Plan to Prompts -> KSampler -> Critic)."""
 
-    DESCRIPTION = ("Turns a plan into lists: one generator prompt and one reader text per image step, so every "
-                   "node downstream runs once per step. The story output holds the text of all steps.")
+    DESCRIPTION = (
+        "Turns a plan into lists: one generator prompt and one reader text per image step, so every "
+        "node downstream runs once per step. The story output holds the text of all steps."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STRING", "STRING", "STRING")
     RETURN_NAMES = ("prompts", "texts", "story")
@@ -163,7 +277,9 @@ class PlanToPrompts:
     def split(self, plan):
         steps = [step for step in plan.plan.steps if step.makes_image]
         if not steps:
-            raise NodeError("this plan has no step with a prompt for the image model, so there is nothing to draw")
+            raise NodeError(
+                "this plan has no step with a prompt for the image model, so there is nothing to draw"
+            )
         story = "\n\n".join(step.display_text for step in plan.plan.steps if step.display_text)
         return ([step.prompt for step in steps], [step.display_text for step in steps], story)
 
@@ -171,8 +287,10 @@ class PlanToPrompts:
 class SaveStoryboard:
     """Writes a storyboard folder (storyboard.json, PNGs, index.html, story.md) under ComfyUI's output folder."""
 
-    DESCRIPTION = ("Saves the storyboard as a folder in ComfyUI's output folder: storyboard.json, the step and "
-                   "attempt PNGs, index.html and story.md. The folder appears whole or not at all.")
+    DESCRIPTION = (
+        "Saves the storyboard as a folder in ComfyUI's output folder: storyboard.json, the step and "
+        "attempt PNGs, index.html and story.md. The folder appears whole or not at all."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("folder",)
@@ -185,9 +303,14 @@ class SaveStoryboard:
         return {
             "required": {
                 "storyboard": (STORYBOARD, {"tooltip": "The storyboard, from the Refine Loop."}),
-                "filename_prefix": ("STRING", {"default": "InterleaveThinker/story", "tooltip":
-                                    "Folder name prefix inside the output folder; a counter is added. "
-                                    "%date:yyyy-MM-dd% style and sub-folders work as in Save Image."}),
+                "filename_prefix": (
+                    "STRING",
+                    {
+                        "default": "InterleaveThinker/story",
+                        "tooltip": "Folder name prefix inside the output folder; a counter is added. "
+                        "%date:yyyy-MM-dd% style and sub-folders work as in Save Image.",
+                    },
+                ),
             }
         }
 
@@ -213,16 +336,23 @@ class SaveStoryboard:
         for step in story.steps:
             if step.image is not None:
                 path = folder / "steps" / f"step-{step.number:02d}.png"
-                images.append({"filename": path.name, "subfolder": os.path.relpath(path.parent, output),
-                               "type": "output"})
+                images.append(
+                    {
+                        "filename": path.name,
+                        "subfolder": os.path.relpath(path.parent, output),
+                        "type": "output",
+                    }
+                )
         return {"ui": {"images": images, "text": [story.text()]}, "result": (str(folder),)}
 
 
 class StoryList:
     """Many instructions for one graph: ComfyUI runs the Planner, the loop and the save once per story."""
 
-    DESCRIPTION = ("Makes a list of instructions from the text box (one story a line, # for comments) and/or a "
-                   ".txt or .jsonl file in ComfyUI's input folder. Everything downstream runs once per story.")
+    DESCRIPTION = (
+        "Makes a list of instructions from the text box (one story a line, # for comments) and/or a "
+        ".txt or .jsonl file in ComfyUI's input folder. Everything downstream runs once per story."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STRING", "INT")
     RETURN_NAMES = ("instructions", "count")
@@ -234,11 +364,22 @@ class StoryList:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "stories": ("STRING", {"multiline": True, "default": "", "tooltip":
-                            "One instruction a line; blank lines and lines starting with # are skipped."}),
-                "file": ([NO_FILE] + _story_files(), {"default": NO_FILE, "tooltip":
-                         "A .txt file (one instruction a line) or .jsonl file ({\"instruction\": ...} a line) "
-                         "in ComfyUI's input folder, read after the text box."}),
+                "stories": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "tooltip": "One instruction a line; blank lines and lines starting with # are skipped.",
+                    },
+                ),
+                "file": (
+                    [NO_FILE] + _story_files(),
+                    {
+                        "default": NO_FILE,
+                        "tooltip": 'A .txt file (one instruction a line) or .jsonl file ({"instruction": ...} a line) '
+                        "in ComfyUI's input folder, read after the text box.",
+                    },
+                ),
             }
         }
 
@@ -263,13 +404,16 @@ class StoryList:
         return hashlib.sha256(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
 
     def stories(self, stories, file):
-        instructions = [line.strip() for line in stories.splitlines()
-                        if line.strip() and not line.strip().startswith("#")]
+        instructions = [
+            line.strip() for line in stories.splitlines() if line.strip() and not line.strip().startswith("#")
+        ]
         if file != NO_FILE:
             instructions += _read_story_file(_story_path(file))
         if not instructions:
-            raise NodeError("Story List has no stories: write one instruction a line, or choose a file in the "
-                            "input folder")
+            raise NodeError(
+                "Story List has no stories: write one instruction a line, or choose a file in the "
+                "input folder"
+            )
         return (instructions, len(instructions))
 
 
@@ -280,8 +424,9 @@ def _story_files() -> list[str]:
         return []
     if not folder.is_dir():
         return []
-    return sorted(path.name for path in folder.iterdir()
-                  if path.is_file() and path.suffix.lower() in STORY_FILE_TYPES)
+    return sorted(
+        path.name for path in folder.iterdir() if path.is_file() and path.suffix.lower() in STORY_FILE_TYPES
+    )
 
 
 def _story_path(name: str) -> Path:
@@ -302,10 +447,20 @@ def _read_story_file(path: Path) -> list[str]:
     except UsageError as error:
         raise NodeError(str(error)) from None
     problems = [item.error for item in items if item.error]
-    problems += [f"{item.where}: Story List passes instructions only; give images to the Planner's images "
-                 f"input instead" for item in items if item.images]
-    problems += [f"{item.where}: Story List passes instructions only; set the seed on the Planner and the "
-                 f"Refine Loop instead" for item in items if item.seed is not None]
+    problems += [
+        f"{item.where}: Story List passes instructions only; give images to the Planner's images "
+        f"input instead"
+        for item in items
+        if item.images
+    ]
+    problems += [
+        f"{item.where}: Story List passes instructions only; set the seed on the Planner and the "
+        f"Refine Loop instead"
+        for item in items
+        if item.seed is not None
+    ]
     if problems:
-        raise NodeError("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+        raise NodeError(
+            "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        )
     return [item.instruction for item in items]

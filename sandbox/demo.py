@@ -135,7 +135,7 @@ def render_index(stories: Sequence[DemoStory], labels: dict[str, str]) -> str:
         title = e(task.instruction.replace("<image>", "").strip())
         link = f'<a href="{e(s.folder)}/index.html">{title}</a>' if s.folder else title
         out.append(
-            f'<section class=story><h2>{link}<span class=badge>{e(task.kind)}</span>'
+            f"<section class=story><h2>{link}<span class=badge>{e(task.kind)}</span>"
             f'<span class="badge {"ok" if s.result.success else "bad"}">{e(status)}</span></h2>'
         )
         figures = []
@@ -147,7 +147,7 @@ def render_index(stories: Sequence[DemoStory], labels: dict[str, str]) -> str:
                 )
             for index, step in enumerate(s.story.steps):
                 ok = index < len(s.result.steps) and s.result.steps[index]
-                mark = f'<span class={"ok" if ok else "bad"}>{"right" if ok else "wrong"}</span>'
+                mark = f"<span class={'ok' if ok else 'bad'}>{'right' if ok else 'wrong'}</span>"
                 count = len(step.attempts)
                 attempts = f" · {count} attempt{'' if count == 1 else 's'}" if count else ""
                 image = (

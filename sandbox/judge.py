@@ -124,9 +124,8 @@ def verdict_reasoning(score: StepScore) -> str:
         return f"Asked: {asked}. Not done: " + "; ".join(score.problems) + "."
     expected = marked_summary(score.expected, score.seen)
     extra = scene_summary(extra_objects(score.seen, score.expected))
-    return (
-        f"Seen: {scene_summary(score.seen)}. Asked: {asked}. Expected: {expected}. Extra: {extra}. "
-        + ("Done." if score.success else "Not done.")
+    return f"Seen: {scene_summary(score.seen)}. Asked: {asked}. Expected: {expected}. Extra: {extra}. " + (
+        "Done." if score.success else "Not done."
     )
 
 

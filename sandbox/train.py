@@ -40,14 +40,36 @@ RECIPES = AGENTS_DIR / "recipes"
 # The vision tower stays random and frozen (the recipes say freeze_vision: true), with a unit-scale position
 # embedding so that each cell's token says where it is: trained along with the language model, the random tower
 # collapsed every cell to the same vector within a few hundred steps and the agents could not see.
-BASE = {"hidden_size": 128, "layers": 4, "heads": 4, "vocab_size": 1024, "seed": 0, "template_tokens": True,
-        "vision_hidden_size": 64, "vision_depth": 2, "tie_embeddings": False, "vision_position_scale": 1.0}
+BASE = {
+    "hidden_size": 128,
+    "layers": 4,
+    "heads": 4,
+    "vocab_size": 1024,
+    "seed": 0,
+    "template_tokens": True,
+    "vision_hidden_size": 64,
+    "vision_depth": 2,
+    "tie_embeddings": False,
+    "vision_position_scale": 1.0,
+}
 # The short version: the same scripts and recipes on less data for fewer steps (about 10 minutes). A test retrains
 # it and checks its metrics against those recorded when the shipped agents were installed.
-SHORT = {"tasks": 400, "planner_steps": 150, "critic_steps": 800, "grpo_steps": 4, "eval_tasks": 20,
-         "max_new_tokens": 400}
-FULL = {"tasks": 4000, "planner_steps": None, "critic_steps": None, "grpo_steps": None, "eval_tasks": 100,
-        "max_new_tokens": 400}
+SHORT = {
+    "tasks": 400,
+    "planner_steps": 150,
+    "critic_steps": 800,
+    "grpo_steps": 4,
+    "eval_tasks": 20,
+    "max_new_tokens": 400,
+}
+FULL = {
+    "tasks": 4000,
+    "planner_steps": None,
+    "critic_steps": None,
+    "grpo_steps": None,
+    "eval_tasks": 100,
+    "max_new_tokens": 400,
+}
 RECORD = AGENTS_DIR / "metrics.json"
 # How far a rate of a retrained short run may land from the recorded one. Training on a CPU is deterministic for
 # one torch build and thread count; the band absorbs what another build or core count changes (a greedy answer
@@ -275,7 +297,9 @@ def recorded(which: str = "short", seed: int = 0) -> dict[str, float | None] | N
     return record.get(which) if record.get("seed") == seed else None
 
 
-def compare(measured: dict, reference: dict, band: float = BAND) -> list[tuple[str, float | None, float | None, bool]]:
+def compare(
+    measured: dict, reference: dict, band: float = BAND
+) -> list[tuple[str, float | None, float | None, bool]]:
     """(metric, reference, measured, within band) for every recorded metric."""
     rows = []
     for name, want in reference.items():
@@ -291,19 +315,27 @@ def comparison_table(rows) -> str:
     def rate(value):
         return "–" if value is None else f"{100 * value:.1f}%"
 
-    lines = ["| metric | recorded | this run | within ±%d points |" % round(100 * BAND), "|---|---:|---:|---|"]
-    lines += [f"| {name} | {rate(want)} | {rate(got)} | {'yes' if ok else 'NO'} |" for name, want, got, ok in rows]
+    lines = [
+        "| metric | recorded | this run | within ±%d points |" % round(100 * BAND),
+        "|---|---:|---:|---|",
+    ]
+    lines += [
+        f"| {name} | {rate(want)} | {rate(got)} | {'yes' if ok else 'NO'} |" for name, want, got, ok in rows
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--work", help="folder for data, runs and logs (default runs/sandbox, or runs/sandbox-short with --short)"
+        "--work",
+        help="folder for data, runs and logs (default runs/sandbox, or runs/sandbox-short with --short)",
     )
     parser.add_argument("--short", action="store_true", help="the quick version (tests use it)")
     parser.add_argument("--install", action="store_true", help="copy the trained agents to sandbox/agents/")
-    parser.add_argument("--resume", action="store_true", help="skip the steps whose output is already in --work")
+    parser.add_argument(
+        "--resume", action="store_true", help="skip the steps whose output is already in --work"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.install and args.short:
@@ -314,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     reference = recorded("short", args.seed) if args.short else None
     if reference:
         rows = compare(result["metrics"], reference)
-        print(f"\nAgainst the short run recorded with the shipped agents ({RECORD}):\n" + comparison_table(rows))
+        print(
+            f"\nAgainst the short run recorded with the shipped agents ({RECORD}):\n" + comparison_table(rows)
+        )
         if not all(ok for *_, ok in rows):
             print("Some metrics left the band: this run does not reproduce the recorded one.")
             return 1

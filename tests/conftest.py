@@ -64,4 +64,6 @@ def grpo_critic(tmp_path_factory, trained_critic):
     from interleave_thinker.training.grpo import run_grpo
 
     out = tmp_path_factory.mktemp("critic-grpo")
-    return run_grpo(_training_profile("grpo_critic_tiny_cpu.yaml", model=trained_critic.final_dir, output_dir=out))
+    return run_grpo(
+        _training_profile("grpo_critic_tiny_cpu.yaml", model=trained_critic.final_dir, output_dir=out)
+    )

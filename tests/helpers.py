@@ -62,8 +62,13 @@ class PaintGenerator:
 
 def plan_text(*prompts, literal: bool = True, think: str = "planning") -> str:
     steps = [
-        {"step_number": i + 1, "step_name": f"Step {i + 1}", "instruction": f"do {p}", "prompt": p,
-         "auxiliary_text": None}
+        {
+            "step_number": i + 1,
+            "step_name": f"Step {i + 1}",
+            "instruction": f"do {p}",
+            "prompt": p,
+            "auxiliary_text": None,
+        }
         for i, p in enumerate(prompts)
     ]
     body = repr({"execution_plan": steps}) if literal else json.dumps({"execution_plan": steps})
@@ -113,9 +118,21 @@ class ChatServer:
                 if isinstance(answer, tuple):
                     self._send(answer[0], answer[1])
                     return
-                self._send(200, {"id": "x", "object": "chat.completion", "model": body.get("model"),
-                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                                              "finish_reason": "stop"}]})
+                self._send(
+                    200,
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "model": body.get("model"),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": answer},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                    },
+                )
 
             def _send(self, status, payload):
                 data = json.dumps(payload).encode()

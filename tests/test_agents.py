@@ -46,7 +46,9 @@ def test_decoding_returns_the_new_text_and_greedy_is_repeatable(tiny_agent):
     inputs = tiny_agent.prepare(messages)
     output = tiny_agent.model.generate(**inputs, **tiny_agent.generation_kwargs(None))
     assert output.shape[1] - inputs["input_ids"].shape[1] <= SHORT.max_new_tokens
-    expected = tiny_agent.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    expected = tiny_agent.tokenizer.decode(
+        output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    )
     assert first == expected.strip()
 
 

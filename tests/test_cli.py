@@ -32,8 +32,22 @@ def server():
 
 
 def common(server, generator_dir, *extra):
-    return ["--planner", server.url, "--planner-model", "agent", "--generator", str(generator_dir),
-            "--width", "64", "--height", "64", "--steps", "2", "--quiet", *extra]
+    return [
+        "--planner",
+        server.url,
+        "--planner-model",
+        "agent",
+        "--generator",
+        str(generator_dir),
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--steps",
+        "2",
+        "--quiet",
+        *extra,
+    ]
 
 
 def comparable(story):
@@ -67,8 +81,21 @@ def test_run_writes_a_storyboard_that_loads_back_and_repeats(server, tiny_pipeli
 
 def test_run_with_a_real_transformers_critic(server, tiny_pipeline_dir, tiny_agent_dir, tmp_path):
     out = tmp_path / "story"
-    code = cli.main(["run", "a cat story", "--out", str(out), "--critic", str(tiny_agent_dir),
-                     "--max-new-tokens", "8", "--device", "cpu", *common(server, tiny_pipeline_dir)])
+    code = cli.main(
+        [
+            "run",
+            "a cat story",
+            "--out",
+            str(out),
+            "--critic",
+            str(tiny_agent_dir),
+            "--max-new-tokens",
+            "8",
+            "--device",
+            "cpu",
+            *common(server, tiny_pipeline_dir),
+        ]
+    )
     assert code == 0
     story = Storyboard.load(out)
     # An untrained model never writes a verdict: every first image is kept, marked unchecked.
@@ -79,7 +106,10 @@ def test_run_with_a_real_transformers_critic(server, tiny_pipeline_dir, tiny_age
 def test_run_refuses_to_overwrite(server, tiny_pipeline_dir, tmp_path, capsys):
     out = tmp_path / "story"
     out.mkdir()
-    assert cli.main(["run", "a cat", "--out", str(out), *common(server, tiny_pipeline_dir)]) == cli.EXIT_BAD_INPUT
+    assert (
+        cli.main(["run", "a cat", "--out", str(out), *common(server, tiny_pipeline_dir)])
+        == cli.EXIT_BAD_INPUT
+    )
     assert "already exists" in capsys.readouterr().err and server.requests == []
 
 
@@ -88,7 +118,8 @@ def test_run_refuses_to_overwrite(server, tiny_pipeline_dir, tmp_path, capsys):
 
 
 def test_batch_interrupted_then_rerun_finishes_without_touching_finished_stories(
-        server, tiny_pipeline_dir, tmp_path, monkeypatch, capsys):
+    server, tiny_pipeline_dir, tmp_path, monkeypatch, capsys
+):
     stories = tmp_path / "stories.txt"
     stories.write_text("a cat story\n# a comment\n\na boat story\nanother cat story\n")
     out = tmp_path / "batch"
@@ -124,14 +155,21 @@ def test_batch_interrupted_then_rerun_finishes_without_touching_finished_stories
 
 def test_one_bad_story_is_reported_and_the_batch_goes_on(server, tiny_pipeline_dir, tmp_path, capsys):
     stories = tmp_path / "stories.jsonl"
-    stories.write_text("\n".join([
-        json.dumps({"id": "cat", "instruction": "a cat story", "seed": 3}),
-        json.dumps({"id": "broken", "instruction": "<image> continue", "images": ["missing.png"]}),
-        "{not json",
-        json.dumps({"id": "boat", "instruction": "a boat story"}),
-    ]))
+    stories.write_text(
+        "\n".join(
+            [
+                json.dumps({"id": "cat", "instruction": "a cat story", "seed": 3}),
+                json.dumps({"id": "broken", "instruction": "<image> continue", "images": ["missing.png"]}),
+                "{not json",
+                json.dumps({"id": "boat", "instruction": "a boat story"}),
+            ]
+        )
+    )
     out = tmp_path / "batch"
-    assert cli.main(["batch", str(stories), "--out", str(out), *common(server, tiny_pipeline_dir)]) == cli.EXIT_BATCH
+    assert (
+        cli.main(["batch", str(stories), "--out", str(out), *common(server, tiny_pipeline_dir)])
+        == cli.EXIT_BATCH
+    )
     err = capsys.readouterr().err
     assert f"{stories}:2: image not found" in err and f"{stories}:3:" in err
     assert Storyboard.load(out / "cat").seed == 3 and Storyboard.load(out / "boat").steps
@@ -151,53 +189,110 @@ def _error(capsys, argv):
 
 
 def test_empty_instruction(server, tiny_pipeline_dir, tmp_path, capsys):
-    code, err = _error(capsys, ["run", "  ", "--out", str(tmp_path / "s"), *common(server, tiny_pipeline_dir)])
+    code, err = _error(
+        capsys, ["run", "  ", "--out", str(tmp_path / "s"), *common(server, tiny_pipeline_dir)]
+    )
     assert code == cli.EXIT_BAD_INPUT and "instruction is empty" in err
 
 
 def test_missing_model_folders(tiny_pipeline_dir, tmp_path, capsys):
     missing = tmp_path / "no-planner"
-    code, err = _error(capsys, ["run", "a cat", "--out", str(tmp_path / "s"), "--planner", str(missing),
-                                "--generator", str(tiny_pipeline_dir)])
+    code, err = _error(
+        capsys,
+        [
+            "run",
+            "a cat",
+            "--out",
+            str(tmp_path / "s"),
+            "--planner",
+            str(missing),
+            "--generator",
+            str(tiny_pipeline_dir),
+        ],
+    )
     assert code == cli.EXIT_BAD_INPUT and f"--planner: folder not found: {missing}" in err
-    code, err = _error(capsys, ["run", "a cat", "--out", str(tmp_path / "s"), "--planner", "http://x/v1",
-                                "--planner-model", "m", "--generator", str(tmp_path / "no-sd")])
+    code, err = _error(
+        capsys,
+        [
+            "run",
+            "a cat",
+            "--out",
+            str(tmp_path / "s"),
+            "--planner",
+            "http://x/v1",
+            "--planner-model",
+            "m",
+            "--generator",
+            str(tmp_path / "no-sd"),
+        ],
+    )
     assert code == cli.EXIT_BAD_INPUT and "--generator: folder not found" in err
 
 
 def test_unreadable_image(server, tiny_pipeline_dir, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_text("not a picture")
-    code, err = _error(capsys, ["run", "continue <image>", "--image", str(bad), "--out", str(tmp_path / "s"),
-                                *common(server, tiny_pipeline_dir)])
+    code, err = _error(
+        capsys,
+        [
+            "run",
+            "continue <image>",
+            "--image",
+            str(bad),
+            "--out",
+            str(tmp_path / "s"),
+            *common(server, tiny_pipeline_dir),
+        ],
+    )
     assert code == cli.EXIT_BAD_INPUT and f"cannot read image {bad}" in err and "PNG" in err
 
 
-@pytest.mark.parametrize("option,value", [("--max-steps", "0"), ("--max-steps", "1000"),
-                                          ("--max-attempts", "0"), ("--max-attempts", "99")])
+@pytest.mark.parametrize(
+    "option,value",
+    [("--max-steps", "0"), ("--max-steps", "1000"), ("--max-attempts", "0"), ("--max-attempts", "99")],
+)
 def test_zero_or_huge_bounds(server, tiny_pipeline_dir, tmp_path, capsys, option, value):
-    code, err = _error(capsys, ["run", "a cat", "--out", str(tmp_path / "s"), option, value,
-                                *common(server, tiny_pipeline_dir)])
+    code, err = _error(
+        capsys,
+        ["run", "a cat", "--out", str(tmp_path / "s"), option, value, *common(server, tiny_pipeline_dir)],
+    )
     assert code == cli.EXIT_BAD_INPUT and option.lstrip("-").replace("-", "_") in err and "between" in err
 
 
 def test_unreachable_url(tiny_pipeline_dir, tmp_path, capsys):
     url = f"http://127.0.0.1:{free_port()}/v1"
-    code, err = _error(capsys, ["run", "a cat", "--out", str(tmp_path / "s"), "--planner", url,
-                                "--planner-model", "m", "--retries", "0", "--generator", str(tiny_pipeline_dir),
-                                "--quiet"])
+    code, err = _error(
+        capsys,
+        [
+            "run",
+            "a cat",
+            "--out",
+            str(tmp_path / "s"),
+            "--planner",
+            url,
+            "--planner-model",
+            "m",
+            "--retries",
+            "0",
+            "--generator",
+            str(tiny_pipeline_dir),
+            "--quiet",
+        ],
+    )
     assert code == cli.EXIT_BACKEND and url in err and "unreachable" in err
     assert not (tmp_path / "s").exists()
 
 
 def test_a_planner_that_never_plans(tiny_pipeline_dir, tmp_path, capsys):
     with ChatServer(lambda body, n: "I would rather not.") as server:
-        code, err = _error(capsys, ["run", "a cat", "--out", str(tmp_path / "s"),
-                                    *common(server, tiny_pipeline_dir)])
+        code, err = _error(
+            capsys, ["run", "a cat", "--out", str(tmp_path / "s"), *common(server, tiny_pipeline_dir)]
+        )
     assert code == cli.EXIT_PLAN and "no valid plan after 3 tries" in err and "I would rather not" in err
 
 
 def test_module_entry_point_prints_help():
-    result = subprocess.run([sys.executable, "-m", "interleave_thinker", "--help"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "interleave_thinker", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "run" in result.stdout and "batch" in result.stdout

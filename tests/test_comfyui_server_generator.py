@@ -28,10 +28,24 @@ def test_stock_graphs_carry_the_placeholders():
 
 
 def test_fill_puts_numbers_where_numbers_go():
-    graph = {"1": {"class_type": "X", "inputs": {"text": "photo of {{prompt}}, {{seed}}", "seed": "{{seed}}",
-                                                  "width": "{{width}}", "link": ["2", 0]}}}
+    graph = {
+        "1": {
+            "class_type": "X",
+            "inputs": {
+                "text": "photo of {{prompt}}, {{seed}}",
+                "seed": "{{seed}}",
+                "width": "{{width}}",
+                "link": ["2", 0],
+            },
+        }
+    }
     filled = fill(graph, {"prompt": "a {{cat}}", "seed": 7, "width": 64})
-    assert filled["1"]["inputs"] == {"text": "photo of a {{cat}}, 7", "seed": 7, "width": 64, "link": ["2", 0]}
+    assert filled["1"]["inputs"] == {
+        "text": "photo of a {{cat}}, 7",
+        "seed": 7,
+        "width": 64,
+        "link": ["2", 0],
+    }
     assert graph["1"]["inputs"]["seed"] == "{{seed}}"  # the template is not touched
 
 
@@ -41,7 +55,10 @@ def test_templates_are_checked_when_the_generator_is_made(tmp_path):
     assert generator.edit_route == "img2img" and generator.text_output == "7"
     assert ComfyUIServerGenerator(url, TEXT).edit_route == "text-to-image"
     reference = json.loads(json.dumps(EDIT))
-    reference["9"] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["2", 0], "latent": ["4", 0]}}
+    reference["9"] = {
+        "class_type": "ReferenceLatent",
+        "inputs": {"conditioning": ["2", 0], "latent": ["4", 0]},
+    }
     assert ComfyUIServerGenerator(url, TEXT, reference).edit_route == "reference"
 
     broken = json.loads(json.dumps(TEXT))
@@ -135,13 +152,24 @@ def test_a_prompt_that_never_finishes_times_out_and_is_cancelled():
 
 
 def test_a_rejected_graph_says_which_node_and_why():
-    body = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation"},
-            "node_errors": {"1": {"class_type": "CheckpointLoaderSimple", "errors": [
-                {"message": "Value not in list", "details": "ckpt_name: 'model.safetensors' not in []"}]}}}
+    body = {
+        "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation"},
+        "node_errors": {
+            "1": {
+                "class_type": "CheckpointLoaderSimple",
+                "errors": [
+                    {"message": "Value not in list", "details": "ckpt_name: 'model.safetensors' not in []"}
+                ],
+            }
+        },
+    }
     with FakeComfyHTTP(prompt_status=400, prompt_body=body) as server:
         generator = ComfyUIServerGenerator(server.url, TEXT)
         with pytest.raises(GeneratorError) as error:
             generator.text_to_image("a cat", width=64, height=64, seed=1)
     message = str(error.value)
     assert f"{server.url}/prompt answered HTTP 400" in message
-    assert "node 1 (CheckpointLoaderSimple): Value not in list: ckpt_name: 'model.safetensors' not in []" in message
+    assert (
+        "node 1 (CheckpointLoaderSimple): Value not in list: ckpt_name: 'model.safetensors' not in []"
+        in message
+    )

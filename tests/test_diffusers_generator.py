@@ -30,7 +30,9 @@ def test_the_same_seed_gives_the_same_pixels(generator):
     assert pixels(one) == pixels(generator.text_to_image("a boat", width=64, height=64, seed=7))
     assert pixels(one) != pixels(generator.text_to_image("a boat", width=64, height=64, seed=8))
     before = Image.new("RGB", (64, 64), (200, 30, 30))
-    assert pixels(generator.edit(before, "a sail", seed=3)) == pixels(generator.edit(before, "a sail", seed=3))
+    assert pixels(generator.edit(before, "a sail", seed=3)) == pixels(
+        generator.edit(before, "a sail", seed=3)
+    )
 
 
 def test_the_edit_depends_on_the_before_image(generator):

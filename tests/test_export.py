@@ -27,13 +27,19 @@ def comfyui(tmp_path):
 
 
 @pytest.mark.slow
-def test_exported_agents_drive_the_engine_and_their_storyboard_feeds_training(tmp_path, grpo_critic,
-                                                                              trained_planner):
+def test_exported_agents_drive_the_engine_and_their_storyboard_feeds_training(
+    tmp_path, grpo_critic, trained_planner
+):
     root = comfyui(tmp_path)
-    critic_dir = export_model(grpo_critic.final_dir, comfyui_target(root, "tiny-critic"), max_shard_size="300KB")
+    critic_dir = export_model(
+        grpo_critic.final_dir, comfyui_target(root, "tiny-critic"), max_shard_size="300KB"
+    )
     planner_dir = export_model(trained_planner.final_dir, comfyui_target(root, "tiny-planner"))
     assert critic_dir == root / "models" / "LLM" / "tiny-critic"
-    assert sorted(p.name for p in (root / "models" / "LLM").iterdir()) == ["tiny-critic", "tiny-planner"]  # no temp
+    assert sorted(p.name for p in (root / "models" / "LLM").iterdir()) == [
+        "tiny-critic",
+        "tiny-planner",
+    ]  # no temp
 
     shards = sorted(critic_dir.glob("model-*.safetensors"))
     assert len(shards) >= 2 and all(s.stat().st_size <= SHARD * 1.05 for s in shards)
@@ -55,8 +61,13 @@ def test_exported_agents_drive_the_engine_and_their_storyboard_feeds_training(tm
     # The engine's transformers backend loads the folders and runs a whole story with them.
     planner = TransformersAgent(planner_dir, decoding=Decoding(max_new_tokens=200))
     critic = TransformersAgent(critic_dir, decoding=Decoding(max_new_tokens=64))
-    story = run_story("Draw a red circle, then add a blue square.", planner, ShapesGenerator(), critic,
-                      config=LoopConfig(width=64, height=64, max_attempts=2))
+    story = run_story(
+        "Draw a red circle, then add a blue square.",
+        planner,
+        ShapesGenerator(),
+        critic,
+        config=LoopConfig(width=64, height=64, max_attempts=2),
+    )
     assert story.images
     judged = [a for a in story.attempts if a.status in (ACCEPTED, REJECTED)]
     assert judged  # the Critic's answers parse
@@ -74,12 +85,19 @@ def test_a_lora_adapter_is_merged_into_its_base(tmp_path, tiny_agent_dir):
     from interleave_thinker.training import config
     from interleave_thinker.training.sft import run_sft
 
-    raw = config.load(None, [
-        "role=critic", f"model={tiny_agent_dir}", f"output_dir={tmp_path / 'run'}", "finetune=lora",
-        "lora={r: 4, alpha: 16, dropout: 0.0}", "data.train=[{format: synthetic, count: 8, size: 64}]",
-        "trainer={max_steps: 4, per_device_train_batch_size: 2, learning_rate: 0.01, bf16: false, "
-        "gradient_checkpointing: false, use_cpu: true, disable_tqdm: true}",
-    ])
+    raw = config.load(
+        None,
+        [
+            "role=critic",
+            f"model={tiny_agent_dir}",
+            f"output_dir={tmp_path / 'run'}",
+            "finetune=lora",
+            "lora={r: 4, alpha: 16, dropout: 0.0}",
+            "data.train=[{format: synthetic, count: 8, size: 64}]",
+            "trainer={max_steps: 4, per_device_train_batch_size: 2, learning_rate: 0.01, bf16: false, "
+            "gradient_checkpointing: false, use_cpu: true, disable_tqdm: true}",
+        ],
+    )
     adapter = run_sft(raw).final_dir
     merged_dir = export_model(adapter, tmp_path / "merged", dtype="fp32")
     assert not (merged_dir / "adapter_config.json").exists()
@@ -90,7 +108,9 @@ def test_a_lora_adapter_is_merged_into_its_base(tmp_path, tiny_agent_dir):
     base = AutoModelForImageTextToText.from_pretrained(tiny_agent_dir, local_files_only=True)
     plain = base(input_ids=ids).logits
     peft_logits = PeftModel.from_pretrained(base, adapter).eval()(input_ids=ids).logits
-    merged = AutoModelForImageTextToText.from_pretrained(merged_dir, local_files_only=True)(input_ids=ids).logits
+    merged = AutoModelForImageTextToText.from_pretrained(merged_dir, local_files_only=True)(
+        input_ids=ids
+    ).logits
     assert not torch.allclose(plain, peft_logits, atol=1e-4)  # the adapter changes the model...
     assert torch.allclose(merged, peft_logits, atol=1e-4)  # ...and the merged folder carries that change
 

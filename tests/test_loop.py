@@ -26,8 +26,12 @@ def story(plan, critic_replies, config=CONFIG, **kwargs):
 def test_every_retry_edits_the_same_before_image():
     board, generator, critic = story(
         plan_text("a cat", "add a hat"),
-        [verdict_text(True), verdict_text(False, "a red hat"), verdict_text(False, "a big red hat"),
-         verdict_text(True)],
+        [
+            verdict_text(True),
+            verdict_text(False, "a red hat"),
+            verdict_text(False, "a big red hat"),
+            verdict_text(True),
+        ],
     )
     edits = [call for call in generator.calls if call[0] == "edit"]
     assert [call[1] for call in edits] == ["add a hat", "a red hat", "a big red hat"]
@@ -48,8 +52,11 @@ def test_the_kept_image_becomes_the_next_before_image():
 
 
 def test_attempts_are_bounded_and_the_last_one_is_kept():
-    board, generator, critic = story(plan_text("a cat"), [verdict_text(False, "try again")],
-                                     config=LoopConfig(width=64, height=64, max_attempts=3))
+    board, generator, critic = story(
+        plan_text("a cat"),
+        [verdict_text(False, "try again")],
+        config=LoopConfig(width=64, height=64, max_attempts=3),
+    )
     step = board.steps[0]
     assert len(generator.calls) == 3 and len(step.attempts) == 3
     assert [a.status for a in step.attempts] == ["rejected"] * 3
@@ -57,7 +64,9 @@ def test_attempts_are_bounded_and_the_last_one_is_kept():
 
 
 def test_narrative_step_one_is_drawn_from_text_and_judged_against_a_white_canvas():
-    board, generator, critic = story(plan_text("a cat"), [verdict_text(False, "a cat, bigger"), verdict_text(True)])
+    board, generator, critic = story(
+        plan_text("a cat"), [verdict_text(False, "a cat, bigger"), verdict_text(True)]
+    )
     assert [call[0] for call in generator.calls] == ["text_to_image", "text_to_image"]
     before, after = message_images(critic.calls[0].messages)
     assert before.size == (64, 64) and set(before.getdata()) == {(255, 255, 255)}
@@ -79,13 +88,17 @@ def test_critic_output_that_never_parses_keeps_the_image_unchecked():
 
 
 def test_text_only_steps_do_not_call_the_generator():
-    plan = ("<answer>{'execution_plan': [{'step_number': 1, 'instruction': 'Boil water', 'prompt': 'a kettle'}, "
-            "{'step_number': 2, 'auxiliary_text': 'Wait three minutes.'}, "
-            "{'step_number': 3, 'instruction': 'Pour', 'prompt': 'pour the tea'}]}</answer>")
+    plan = (
+        "<answer>{'execution_plan': [{'step_number': 1, 'instruction': 'Boil water', 'prompt': 'a kettle'}, "
+        "{'step_number': 2, 'auxiliary_text': 'Wait three minutes.'}, "
+        "{'step_number': 3, 'instruction': 'Pour', 'prompt': 'pour the tea'}]}</answer>"
+    )
     board, generator, critic = story(plan, [verdict_text(True)])
     assert [call[1] for call in generator.calls] == ["a kettle", "pour the tea"]
     assert board.steps[1].attempts == [] and board.steps[1].status == "text"
-    assert pixels(generator.calls[1][3]) == pixels(board.steps[0].image)  # the text step kept the before image
+    assert pixels(generator.calls[1][3]) == pixels(
+        board.steps[0].image
+    )  # the text step kept the before image
     assert board.text() == "Boil water\n\nWait three minutes.\n\nPour"
     assert len(board.images) == 2
 
@@ -182,8 +195,17 @@ def test_events_follow_the_story():
     kinds = [e.kind for e in events]
     assert kinds == [
         "PlanReady",
-        "AttemptStarted", "ImageReady", "VerdictReady", "AttemptStarted", "ImageReady", "VerdictReady", "StepDone",
-        "AttemptStarted", "ImageReady", "VerdictReady", "StepDone",
+        "AttemptStarted",
+        "ImageReady",
+        "VerdictReady",
+        "AttemptStarted",
+        "ImageReady",
+        "VerdictReady",
+        "StepDone",
+        "AttemptStarted",
+        "ImageReady",
+        "VerdictReady",
+        "StepDone",
     ]
     assert events[-1].total_steps == 2
 
@@ -196,10 +218,19 @@ def test_run_plan_records_the_route_and_settings():
     assert board.settings["edit_route"] == "reference" and board.settings["generator"] == "paint"
 
 
-@pytest.mark.parametrize("field, value", [
-    ("max_attempts", 0), ("max_attempts", 11), ("max_steps", 0), ("max_steps", 1000), ("width", 8),
-    ("planner_tries", 0), ("mode", "poem"), ("seed", -1),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("max_attempts", 0),
+        ("max_attempts", 11),
+        ("max_steps", 0),
+        ("max_steps", 1000),
+        ("width", 8),
+        ("planner_tries", 0),
+        ("mode", "poem"),
+        ("seed", -1),
+    ],
+)
 def test_bad_loop_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field if field != "mode" else "mode"):
         LoopConfig(**{field: value})

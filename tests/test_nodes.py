@@ -65,14 +65,26 @@ def test_node_declaration_is_valid(name):
         assert parameters[optional].default is None
     for hook in ("VALIDATE_INPUTS", "IS_CHANGED"):
         if hasattr(cls, hook):
-            named = [p for p, v in inspect.signature(getattr(cls, hook)).parameters.items() if v.kind != v.VAR_KEYWORD]
+            named = [
+                p
+                for p, v in inspect.signature(getattr(cls, hook)).parameters.items()
+                if v.kind != v.VAR_KEYWORD
+            ]
             assert set(named) <= set(inputs), hook
 
 
 def test_the_pack_offers_the_documented_nodes():
-    assert sorted(NODE_DISPLAY_NAME_MAPPINGS.values()) == sorted([
-        "Load Agent", "Planner", "Critic", "Refine Loop", "Plan to Prompts", "Save Storyboard", "Story List",
-    ])
+    assert sorted(NODE_DISPLAY_NAME_MAPPINGS.values()) == sorted(
+        [
+            "Load Agent",
+            "Planner",
+            "Critic",
+            "Refine Loop",
+            "Plan to Prompts",
+            "Save Storyboard",
+            "Story List",
+        ]
+    )
     assert NODE_CLASS_MAPPINGS["InterleaveThinkerPlanToPrompts"].OUTPUT_IS_LIST == (True, True, False)
     assert NODE_CLASS_MAPPINGS["InterleaveThinkerStoryList"].OUTPUT_IS_LIST[0] is True
     assert NODE_CLASS_MAPPINGS["InterleaveThinkerSaveStoryboard"].OUTPUT_NODE is True
@@ -82,19 +94,26 @@ def test_the_pack_offers_the_documented_nodes():
 
 
 def test_importing_the_pack_loads_no_comfyui_module():
-    code = ("import sys, interleave_thinker\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'nodes', 'server', "
-            "'node_helpers', 'comfy_extras', 'execution')]\n"
-            "print(bad)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    code = (
+        "import sys, interleave_thinker\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'nodes', 'server', "
+        "'node_helpers', 'comfy_extras', 'execution')]\n"
+        "print(bad)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert result.stdout.strip() == "[]"
 
 
 def _requirement_names(lines):
     import re
 
-    return {re.split(r"[<>=!~ \[;]", line.strip(), maxsplit=1)[0].lower(): line.replace(" ", "")
-            for line in lines if line.strip() and not line.strip().startswith("#")}
+    return {
+        re.split(r"[<>=!~ \[;]", line.strip(), maxsplit=1)[0].lower(): line.replace(" ", "")
+        for line in lines
+        if line.strip() and not line.strip().startswith("#")
+    }
 
 
 def test_requirements_txt_mirrors_pyproject_for_comfyui_manager():
@@ -162,7 +181,12 @@ class FakeComfy:
         paths.get_save_image_path = self._save_path
         package = types.ModuleType("comfy")
         package.model_management, package.utils = mm, utils
-        self.modules = {"comfy": package, "comfy.model_management": mm, "comfy.utils": utils, "folder_paths": paths}
+        self.modules = {
+            "comfy": package,
+            "comfy.model_management": mm,
+            "comfy.utils": utils,
+            "folder_paths": paths,
+        }
         self.folder_paths = paths
 
     def _throw(self):
@@ -223,7 +247,9 @@ def test_a_missing_model_folder_is_reported_with_where_it_looked(comfy):
     assert "outside" not in message
     assert "inside models/LLM" in agent_nodes.LoadAgent.VALIDATE_INPUTS(agent_nodes.LOCAL, "../etc", "", "")
     with pytest.raises(NodeError, match="not found; looked in"):
-        agent_nodes.LoadAgent().load(agent_nodes.LOCAL, "gone", "", "", "", "auto", "cpu", agent_nodes.KEEP, 16, 0.0)
+        agent_nodes.LoadAgent().load(
+            agent_nodes.LOCAL, "gone", "", "", "", "auto", "cpu", agent_nodes.KEEP, 16, 0.0
+        )
 
 
 def test_endpoint_settings_are_checked_before_running(comfy):
@@ -237,23 +263,44 @@ def test_endpoint_settings_are_checked_before_running(comfy):
 def test_an_unreachable_endpoint_fails_on_the_loader(comfy):
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(NodeError, match=f"cannot reach the endpoint at {url}"):
-        agent_nodes.LoadAgent().load(agent_nodes.ENDPOINT, "", url, "m", "", "auto", "auto", agent_nodes.KEEP,
-                                     16, 0.0)
+        agent_nodes.LoadAgent().load(
+            agent_nodes.ENDPOINT, "", url, "m", "", "auto", "auto", agent_nodes.KEEP, 16, 0.0
+        )
 
 
 def test_an_endpoint_agent_takes_its_key_from_the_environment(comfy, monkeypatch):
     monkeypatch.setenv("IT_TEST_KEY", "sekret")
     with ChatServer(lambda body, n: plan_text("a cat")) as server:
-        (agent,) = agent_nodes.LoadAgent().load(agent_nodes.ENDPOINT, "", server.url, "served-model",
-                                                "IT_TEST_KEY", "auto", "auto", agent_nodes.KEEP, 64, 0.0)
+        (agent,) = agent_nodes.LoadAgent().load(
+            agent_nodes.ENDPOINT,
+            "",
+            server.url,
+            "served-model",
+            "IT_TEST_KEY",
+            "auto",
+            "auto",
+            agent_nodes.KEEP,
+            64,
+            0.0,
+        )
         story, _ = agent_nodes.Planner().plan(agent, "a cat story", "auto", 4, 0)
     assert server.requests[-1]["_headers"]["Authorization"] == "Bearer sekret"
     assert server.requests[-1]["model"] == "served-model" and server.requests[-1]["max_tokens"] == 64
     assert [step.prompt for step in story.plan.steps] == ["a cat"]
     monkeypatch.delenv("IT_TEST_KEY")
     with pytest.raises(NodeError, match="IT_TEST_KEY is not set"):
-        agent_nodes.LoadAgent().load(agent_nodes.ENDPOINT, "", "http://127.0.0.1:1/v1", "m", "IT_TEST_KEY",
-                                     "auto", "auto", agent_nodes.KEEP, 16, 0.0)
+        agent_nodes.LoadAgent().load(
+            agent_nodes.ENDPOINT,
+            "",
+            "http://127.0.0.1:1/v1",
+            "m",
+            "IT_TEST_KEY",
+            "auto",
+            "auto",
+            agent_nodes.KEEP,
+            16,
+            0.0,
+        )
 
 
 def test_agent_cache_key_follows_the_model_files(comfy):
@@ -274,8 +321,9 @@ def test_a_local_agent_loads_from_models_llm_and_plans(comfy, tiny_agent_dir):
     target = Path(comfy.folder_paths.models_dir, "LLM", "tiny")
     target.parent.mkdir(parents=True)
     target.symlink_to(tiny_agent_dir, target_is_directory=True)
-    (agent,) = agent_nodes.LoadAgent().load(agent_nodes.LOCAL, "tiny", "", "", "", "fp32", "cpu",
-                                            agent_nodes.OFFLOAD, 8, 0.0)
+    (agent,) = agent_nodes.LoadAgent().load(
+        agent_nodes.LOCAL, "tiny", "", "", "", "fp32", "cpu", agent_nodes.OFFLOAD, 8, 0.0
+    )
     assert type(agent).__name__ == "TransformersAgent" and agent.memory == "offload"
     assert agent.make_room is memory.make_room and agent in memory._agents
     with pytest.raises(NodeError, match=r"the Planner \(tiny\) gave no valid plan: .*Try another seed"):
@@ -293,7 +341,9 @@ def test_planner_returns_the_plan_and_its_json(comfy):
     assert json.loads(text)["execution_plan"][1]["prompt"] == "the ball rolls"
     story, _ = agent_nodes.Planner().plan(agent, "continue", "auto", 8, 5, images=pictures("red", "blue"))
     assert story.mode == "guidance" and [image.getpixel((0, 0)) for image in story.images] == [
-        (255, 0, 0), (0, 0, 255)]
+        (255, 0, 0),
+        (0, 0, 255),
+    ]
 
 
 def test_planner_that_never_plans_shows_an_excerpt(comfy):
@@ -317,9 +367,13 @@ def test_interrupt_stops_the_planner_before_it_calls_the_model(comfy):
 def test_critic_verdicts(comfy):
     before, after = pictures("white"), pictures("red")
     critic = agent_nodes.Critic()
-    accepted = critic.judge(ScriptedAgent([verdict_text(True, think="fine")]), before, after, "a cat", "a cat", 0)
+    accepted = critic.judge(
+        ScriptedAgent([verdict_text(True, think="fine")]), before, after, "a cat", "a cat", 0
+    )
     assert accepted == (True, "a cat", "fine")
-    rejected = critic.judge(ScriptedAgent([verdict_text(False, "a big cat")]), before, after, "a cat", "a cat", 0)
+    rejected = critic.judge(
+        ScriptedAgent([verdict_text(False, "a big cat")]), before, after, "a cat", "a cat", 0
+    )
     assert rejected == (False, "a big cat", "looked")
     silent = ScriptedAgent(["no idea"])
     kept = critic.judge(silent, before, after, "a cat", "a tabby cat", 0)
@@ -341,8 +395,12 @@ def _story_plan(comfy, *prompts, text_steps=()):
 
     answer = plan_text(*prompts)
     for name in text_steps:  # a step the reader sees but the image model skips
-        answer = answer.replace("]}", f", {{'step_number': 9, 'step_name': '{name}', 'instruction': 'read {name}', "
-                                      f"'prompt': None, 'auxiliary_text': None}}]}}", 1)
+        answer = answer.replace(
+            "]}",
+            f", {{'step_number': 9, 'step_name': '{name}', 'instruction': 'read {name}', "
+            f"'prompt': None, 'auxiliary_text': None}}]}}",
+            1,
+        )
     assert re.search("execution_plan", answer)
     story, _ = agent_nodes.Planner().plan(ScriptedAgent([answer]), "tale", "narrative", 8, 0)
     return story
@@ -354,8 +412,12 @@ def test_plan_to_prompts_lists_the_image_steps(comfy):
     assert prompts == ["a cat", "a hat"] and texts == ["do a cat", "do a hat"]
     assert full == "do a cat\n\ndo a hat\n\nread moral"
     text_only = _story_plan(comfy, "x")
-    text_only.planning.plan = type(text_only.plan)(tuple(
-        type(step)(step.step_number, step.step_name, step.instruction, None, None) for step in text_only.plan.steps))
+    text_only.planning.plan = type(text_only.plan)(
+        tuple(
+            type(step)(step.step_number, step.step_name, step.instruction, None, None)
+            for step in text_only.plan.steps
+        )
+    )
     with pytest.raises(NodeError, match="nothing to draw"):
         story_nodes.PlanToPrompts().split(text_only)
 
@@ -369,7 +431,11 @@ def test_story_list_reads_the_text_box_and_a_file(comfy):
     (input_dir / "stories.txt").write_text("# comment\nA fox story\n\nA bee story\n")
     (input_dir / "more.jsonl").write_text('{"instruction": "A whale story"}\n')
     (input_dir / "notes.md").write_text("ignored")
-    assert story_nodes.StoryList.INPUT_TYPES()["required"]["file"][0] == ["(none)", "more.jsonl", "stories.txt"]
+    assert story_nodes.StoryList.INPUT_TYPES()["required"]["file"][0] == [
+        "(none)",
+        "more.jsonl",
+        "stories.txt",
+    ]
     node = story_nodes.StoryList()
     assert node.stories("One\n  # skip\nTwo  \n", "(none)") == (["One", "Two"], 2)
     assert node.stories("One", "stories.txt") == (["One", "A fox story", "A bee story"], 3)
@@ -402,8 +468,9 @@ def fake_model(config_name: str, *base_names: str, device="cpu", size=0, loaded=
         base = type(name, (base,), {})
     model = base()
     model.model_config = type(config_name, (), {})()
-    return types.SimpleNamespace(model=model, load_device=torch.device(device),
-                                 model_size=lambda: size, loaded_size=lambda: loaded)
+    return types.SimpleNamespace(
+        model=model, load_device=torch.device(device), model_size=lambda: size, loaded_size=lambda: loaded
+    )
 
 
 def test_auto_route_follows_the_model_family():
@@ -426,8 +493,23 @@ def test_a_route_the_model_cannot_do_is_refused(comfy):
         sampling.resolve_route(fake_model("SD15"), "sideways")
     story = _story_plan(comfy, "a cat")
     with pytest.raises(NodeError, match="cannot edit by reference latent"):
-        story_nodes.RefineLoop().run(story, fake_model("SD15"), object(), object(), "", 0, 3, 7.0, "euler",
-                                     "normal", 64, 64, "reference", 0.6, 2)
+        story_nodes.RefineLoop().run(
+            story,
+            fake_model("SD15"),
+            object(),
+            object(),
+            "",
+            0,
+            3,
+            7.0,
+            "euler",
+            "normal",
+            64,
+            64,
+            "reference",
+            0.6,
+            2,
+        )
 
 
 class GpuAgent:
@@ -483,20 +565,32 @@ def test_save_storyboard_writes_a_whole_folder_and_shows_it(comfy):
     from interleave_thinker.core.loop import LoopConfig, run_plan
 
     story_plan = _story_plan(comfy, "a cat", "a hat")
-    board = run_plan(story_plan.plan, PaintGenerator(), None, instruction="tale",
-                     config=LoopConfig(width=64, height=64))
+    board = run_plan(
+        story_plan.plan, PaintGenerator(), None, instruction="tale", config=LoopConfig(width=64, height=64)
+    )
     node = story_nodes.SaveStoryboard()
     first = node.save(board, "InterleaveThinker/story")
     second = node.save(board, "InterleaveThinker/story")
     folder = Path(first["result"][0])
     assert folder.name == "story_00001" and Path(second["result"][0]).name == "story_00002"
-    assert {p.name for p in folder.iterdir()} == {"storyboard.json", "index.html", "story.md", "steps",
-                                                  "attempts", "inputs"}
+    assert {p.name for p in folder.iterdir()} == {
+        "storyboard.json",
+        "index.html",
+        "story.md",
+        "steps",
+        "attempts",
+        "inputs",
+    }
     assert json.loads((folder / "storyboard.json").read_text())["story_id"] == "story_00001"
     assert first["ui"]["text"] == ["do a cat\n\ndo a hat"]
     assert first["ui"]["images"] == [
-        {"filename": f"step-0{n}.png", "subfolder": os.path.join("InterleaveThinker", "story_00001", "steps"),
-         "type": "output"} for n in (1, 2)]
+        {
+            "filename": f"step-0{n}.png",
+            "subfolder": os.path.join("InterleaveThinker", "story_00001", "steps"),
+            "type": "output",
+        }
+        for n in (1, 2)
+    ]
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
@@ -522,18 +616,35 @@ def sampling_calls(comfy, monkeypatch):
 
     class VAEEncode:
         def encode(self, vae, pixels):
-            return ({"samples": torch.full((1, 16, pixels.shape[1] // 8, pixels.shape[2] // 8),
-                                           float(pixels.mean()))},)
+            return (
+                {
+                    "samples": torch.full(
+                        (1, 16, pixels.shape[1] // 8, pixels.shape[2] // 8), float(pixels.mean())
+                    )
+                },
+            )
 
     class VAEDecode:
         def decode(self, vae, samples):
             latent = samples["samples"]
             return (torch.full((1, latent.shape[2] * 8, latent.shape[3] * 8, 3), 0.5),)
 
-    def common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise=1.0):
-        calls["sample"].append({"seed": seed, "steps": steps, "cfg": cfg, "sampler": sampler_name,
-                                "scheduler": scheduler, "positive": positive, "negative": negative,
-                                "latent": latent, "denoise": denoise})
+    def common_ksampler(
+        model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise=1.0
+    ):
+        calls["sample"].append(
+            {
+                "seed": seed,
+                "steps": steps,
+                "cfg": cfg,
+                "sampler": sampler_name,
+                "scheduler": scheduler,
+                "positive": positive,
+                "negative": negative,
+                "latent": latent,
+                "denoise": denoise,
+            }
+        )
         return ({"samples": latent["samples"]},)
 
     nodes.CLIPTextEncode, nodes.VAEEncode, nodes.VAEDecode = CLIPTextEncode, VAEEncode, VAEDecode
@@ -565,8 +676,17 @@ def sampling_calls(comfy, monkeypatch):
 
 
 def test_comfy_sampler_text_to_image_and_img2img(sampling_calls):
-    sampler = sampling.ComfySampler(fake_model("SD15"), object(), FakeVae(), negative="blurry", steps=3, cfg=6.0,
-                                    sampler_name="euler", scheduler="karras", denoise=0.4)
+    sampler = sampling.ComfySampler(
+        fake_model("SD15"),
+        object(),
+        FakeVae(),
+        negative="blurry",
+        steps=3,
+        cfg=6.0,
+        sampler_name="euler",
+        scheduler="karras",
+        denoise=0.4,
+    )
     assert sampler.edit_route == "img2img" and sampler.name == "ComfyUI SD15"
     picture = sampler.text_to_image("a cat", width=64, height=40, seed=9)
     first = sampling_calls["sample"][0]
@@ -585,7 +705,7 @@ def test_comfy_sampler_reference_route(sampling_calls):
     assert flux.edit_route == "reference"
     result = flux.edit(Image.new("RGB", (64, 64), (255, 255, 255)), "make it night", seed=1)
     call = sampling_calls["sample"][0]
-    (text, extra), = call["positive"]
+    ((text, extra),) = call["positive"]
     assert text == "make it night" and extra["guidance"] == 2.5
     (reference,) = extra["reference_latents"]
     assert float(reference.mean()) == pytest.approx(1.0)  # the encoded before image

@@ -64,7 +64,9 @@ class BrokenGenerator(ShapesGenerator):
 
 def score(texts, cases, **kwargs):
     kwargs.setdefault("concurrency", 2)
-    reward = CriticReward(kwargs.pop("generator", ShapesGenerator()), kwargs.pop("judge", RuleJudge()), **kwargs)
+    reward = CriticReward(
+        kwargs.pop("generator", ShapesGenerator()), kwargs.pop("judge", RuleJudge()), **kwargs
+    )
     try:
         return reward, reward.score_sync(texts, cases)
     finally:
@@ -74,13 +76,16 @@ def score(texts, cases, **kwargs):
 # -- the format check ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("The step looks fine.", "not of the form"),
-    ("<answer>{'previous_step_success': True}</answer> and more words", "not of the form"),
-    ("<think>ok</think><answer>{'refine_prompt': 'a red circle'}</answer>", "no 'previous_step_success'"),
-    ("<answer>{'previous_step_success': 'maybe', 'refine_prompt': ''}</answer>", "not true or false"),
-    ("<answer>not a dictionary at all</answer>", "not a JSON"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("The step looks fine.", "not of the form"),
+        ("<answer>{'previous_step_success': True}</answer> and more words", "not of the form"),
+        ("<think>ok</think><answer>{'refine_prompt': 'a red circle'}</answer>", "no 'previous_step_success'"),
+        ("<answer>{'previous_step_success': 'maybe', 'refine_prompt': ''}</answer>", "not true or false"),
+        ("<answer>not a dictionary at all</answer>", "not a JSON"),
+    ],
+)
 def test_malformed_completions_fail_the_format(text, reason):
     verdict, why = check_format(text)
     assert verdict is None
@@ -117,8 +122,9 @@ def test_bad_format_scores_zero_without_calling_the_generator():
 
 def test_right_and_wrong_verdicts_on_a_passed_step():
     generator = CountingGenerator()
-    _, (right, wrong) = score([answer(True, "a red circle"), answer(False, "a red circle")], [PASSED, PASSED],
-                              generator=generator)
+    _, (right, wrong) = score(
+        [answer(True, "a red circle"), answer(False, "a red circle")], [PASSED, PASSED], generator=generator
+    )
     # 0.5*F + 0.5*(0.2*A + 0.6*0.5 + 0.2*0.5): a passed step needs no new picture, both step parts are neutral.
     assert right.total == pytest.approx(0.8)
     assert wrong.total == pytest.approx(0.7)
@@ -126,7 +132,9 @@ def test_right_and_wrong_verdicts_on_a_passed_step():
 
 
 def test_a_refined_prompt_that_fixes_the_step_earns_the_improvement():
-    _, [fixed, repeated] = score([answer(False, "a red circle"), answer(False, "a blue circle")], [FAILED, FAILED])
+    _, [fixed, repeated] = score(
+        [answer(False, "a red circle"), answer(False, "a blue circle")], [FAILED, FAILED]
+    )
     # The fix draws the red circle: semantics 10 against the rejected picture's 0, quality unchanged at 9.
     assert (fixed.judge_semantics, fixed.judge_quality) == (10.0, 9.0)
     assert fixed.semantics == 1.0 and fixed.quality == 0.5
@@ -148,8 +156,10 @@ def test_an_empty_refined_prompt_retries_the_prompt_used():
 
 
 def test_a_keyword_stuffed_prompt_loses_quality():
-    stuffed = ("a red circle, masterpiece, best quality, ultra detailed, sharp focus, award winning, trending on "
-               "every site, 8k, highly intricate")
+    stuffed = (
+        "a red circle, masterpiece, best quality, ultra detailed, sharp focus, award winning, trending on "
+        "every site, 8k, highly intricate"
+    )
     _, [result] = score([answer(False, stuffed)], [FAILED])
     assert result.judge_semantics == 10.0 and result.judge_quality < 9.0
     assert result.quality < 0.5
@@ -157,8 +167,11 @@ def test_a_keyword_stuffed_prompt_loses_quality():
 
 def test_weights_are_configurable():
     weights = RewardWeights(format=1.0, accuracy=0.0, semantics=0.0, quality=0.0)
-    _, results = score([answer(True, "x"), answer(False, "a blue circle"), "nonsense"], [PASSED, FAILED, FAILED],
-                       weights=weights)
+    _, results = score(
+        [answer(True, "x"), answer(False, "a blue circle"), "nonsense"],
+        [PASSED, FAILED, FAILED],
+        weights=weights,
+    )
     assert [r.total for r in results] == [1.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="unknown reward weight"):
         RewardWeights.from_dict({"style": 1.0})
@@ -170,8 +183,11 @@ def test_weights_are_configurable():
 
 
 def test_a_failing_generator_abstains_for_its_completions_only():
-    reward, (failed, passed) = score([answer(False, "a red circle"), answer(True, "a red circle")],
-                                     [FAILED, PASSED], generator=BrokenGenerator())
+    reward, (failed, passed) = score(
+        [answer(False, "a red circle"), answer(True, "a red circle")],
+        [FAILED, PASSED],
+        generator=BrokenGenerator(),
+    )
     assert failed.total is None and "generator failed" in failed.abstained
     assert passed.total == pytest.approx(0.8)
     assert reward.stats["generator_failures"] == 1
@@ -194,8 +210,9 @@ def test_a_judge_score_out_of_range_abstains():
 
 
 def test_a_generator_that_times_out_abstains():
-    reward, [result] = score([answer(False, "a red circle")], [FAILED], generator=CountingGenerator(delay=1.0),
-                             timeout=0.1)
+    reward, [result] = score(
+        [answer(False, "a red circle")], [FAILED], generator=CountingGenerator(delay=1.0), timeout=0.1
+    )
     assert result.total is None and "within 0.1 s" in result.abstained
     assert reward.stats["generator_timeouts"] == 1
 
@@ -237,15 +254,26 @@ def test_the_trl_entry_point_reads_the_dataset_columns_and_logs():
     reward = CriticReward(ShapesGenerator(), RuleJudge())
     logged: dict[str, float] = {}
     extra: dict[str, list] = {}
-    completions = [[{"role": "assistant", "content": answer(False, "a red circle")}],
-                   [{"role": "assistant", "content": "no idea"}]]
+    completions = [
+        [{"role": "assistant", "content": answer(False, "a red circle")}],
+        [{"role": "assistant", "content": "no idea"}],
+    ]
     try:
-        totals = asyncio.run(reward(
-            prompts=[[], []], completions=completions,
-            origin_prompt=["a red circle"] * 2, rewritten_prompt=["a blue circle"] * 2, before_image=[WHITE, WHITE],
-            label_success=[False, False], label_semantics=[0.0, 0.0], label_quality=[9.0, 9.0],
-            log_metric=logged.__setitem__, log_extra=extra.__setitem__, trainer_state=None,
-        ))
+        totals = asyncio.run(
+            reward(
+                prompts=[[], []],
+                completions=completions,
+                origin_prompt=["a red circle"] * 2,
+                rewritten_prompt=["a blue circle"] * 2,
+                before_image=[WHITE, WHITE],
+                label_success=[False, False],
+                label_semantics=[0.0, 0.0],
+                label_quality=[9.0, 9.0],
+                log_metric=logged.__setitem__,
+                log_extra=extra.__setitem__,
+                trainer_state=None,
+            )
+        )
     finally:
         reward.close()
     assert totals == [pytest.approx(0.95), 0.0]

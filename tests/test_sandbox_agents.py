@@ -104,7 +104,9 @@ def test_oracle_critic_accepts_right_pictures_and_rewrites_wrong_ones_precisely(
     seen = "a small blue square at the top; a large red circle at the centre"
     marked = "a large red circle at the centre ok; a small blue square at the right missing"
     extra = "a small blue square at the top"
-    assert rejected.reasoning == f"Seen: {seen}. Asked: {asked}. Expected: {marked}. Extra: {extra}. Not done."
+    assert (
+        rejected.reasoning == f"Seen: {seen}. Asked: {asked}. Expected: {marked}. Extra: {extra}. Not done."
+    )
     assert is_precise(rejected.refine_prompt)
     redrawn = SandboxGenerator().edit(before, rejected.refine_prompt, seed=123)
     assert judge_step(step, before, redrawn).success

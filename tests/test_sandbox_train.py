@@ -61,9 +61,16 @@ def test_retraining_the_short_recipe_lands_in_the_recorded_band(tmp_path):
 def test_the_band_check_names_every_metric_that_left_it():
     from interleave_thinker.sandbox.train import BAND, compare, comparison_table
 
-    reference = {"planner valid-plan rate": 1.0, "SFT critic verdict accuracy": 0.6, "GRPO critic verdict accuracy": None}
-    measured = {"planner valid-plan rate": 1.0 - BAND, "SFT critic verdict accuracy": 0.6 + 2 * BAND,
-                "GRPO critic verdict accuracy": 0.5}
+    reference = {
+        "planner valid-plan rate": 1.0,
+        "SFT critic verdict accuracy": 0.6,
+        "GRPO critic verdict accuracy": None,
+    }
+    measured = {
+        "planner valid-plan rate": 1.0 - BAND,
+        "SFT critic verdict accuracy": 0.6 + 2 * BAND,
+        "GRPO critic verdict accuracy": 0.5,
+    }
     rows = compare(measured, reference)
     assert [ok for *_, ok in rows] == [True, False, False]
     table = comparison_table(rows)

@@ -10,15 +10,23 @@ from interleave_thinker.core.storyboard import SCHEMA_VERSION, Storyboard, Story
 
 @pytest.fixture
 def board():
-    plan = ("<think>why</think><answer>{'execution_plan': ["
-            "{'step_number': 1, 'step_name': 'Cat', 'instruction': 'A cat <sits> & waits', 'prompt': 'a cat'}, "
-            "{'step_number': 2, 'step_name': 'Note', 'auxiliary_text': 'Cats nap a lot.'}, "
-            "{'step_number': 3, 'step_name': 'Hat', 'instruction': 'It wears a hat', 'prompt': 'add a hat'}]}</answer>")
-    critic = ScriptedAgent([verdict_text(True, think="fine"), verdict_text(False, "a red hat", "no hat"),
-                            "garbage", "garbage"])
-    return run_story("A cat's day", ScriptedAgent([plan]), PaintGenerator(), critic,
-                     images=[Image.new("RGBA", (40, 30), (10, 20, 30, 255))],
-                     config=LoopConfig(width=64, height=64, mode="narrative"))
+    plan = (
+        "<think>why</think><answer>{'execution_plan': ["
+        "{'step_number': 1, 'step_name': 'Cat', 'instruction': 'A cat <sits> & waits', 'prompt': 'a cat'}, "
+        "{'step_number': 2, 'step_name': 'Note', 'auxiliary_text': 'Cats nap a lot.'}, "
+        "{'step_number': 3, 'step_name': 'Hat', 'instruction': 'It wears a hat', 'prompt': 'add a hat'}]}</answer>"
+    )
+    critic = ScriptedAgent(
+        [verdict_text(True, think="fine"), verdict_text(False, "a red hat", "no hat"), "garbage", "garbage"]
+    )
+    return run_story(
+        "A cat's day",
+        ScriptedAgent([plan]),
+        PaintGenerator(),
+        critic,
+        images=[Image.new("RGBA", (40, 30), (10, 20, 30, 255))],
+        config=LoopConfig(width=64, height=64, mode="narrative"),
+    )
 
 
 def test_save_and_load_back_equal(board, tmp_path):
@@ -26,15 +34,24 @@ def test_save_and_load_back_equal(board, tmp_path):
     again = Storyboard.load(folder)
     assert again == board
     assert [pixels(a.image) for a in again.attempts] == [pixels(a.image) for a in board.attempts]
-    assert again.steps[2].attempts[1].status == "unchecked" and again.steps[2].attempts[0].verdict.reasoning == "no hat"
+    assert (
+        again.steps[2].attempts[1].status == "unchecked"
+        and again.steps[2].attempts[0].verdict.reasoning == "no hat"
+    )
 
 
 def test_folder_layout_and_pages(board, tmp_path):
     folder = board.save(tmp_path / "story")
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     assert names == [
-        "attempts/step-01-attempt-1.png", "attempts/step-03-attempt-1.png", "attempts/step-03-attempt-2.png",
-        "index.html", "inputs/input-01.png", "steps/step-01.png", "steps/step-03.png", "story.md",
+        "attempts/step-01-attempt-1.png",
+        "attempts/step-03-attempt-1.png",
+        "attempts/step-03-attempt-2.png",
+        "index.html",
+        "inputs/input-01.png",
+        "steps/step-01.png",
+        "steps/step-03.png",
+        "story.md",
         "storyboard.json",
     ]
     data = json.loads((folder / "storyboard.json").read_text())

@@ -28,7 +28,9 @@ def test_template_tokens_make_a_critic_prompt_short_and_lossless(sandbox_base, t
     from transformers import AutoProcessor
 
     white, after = render(EMPTY), render(Scene.of({"centre": Obj("circle", "red", "large")}))
-    messages = critic_messages(white, after, "draw a large red circle at the centre", "draw a large red circle")
+    messages = critic_messages(
+        white, after, "draw a large red circle at the centre", "draw a large red circle"
+    )
     lengths = {}
     for folder in (sandbox_base, tiny_agent_dir):
         processor = AutoProcessor.from_pretrained(folder)
@@ -39,7 +41,9 @@ def test_template_tokens_make_a_critic_prompt_short_and_lossless(sandbox_base, t
     assert lengths[sandbox_base] < 120 < 4 * lengths[sandbox_base] < lengths[tiny_agent_dir]
 
 
-def test_a_unit_scale_position_embedding_tells_the_cells_of_a_random_vision_tower_apart(sandbox_base, tiny_agent_dir):
+def test_a_unit_scale_position_embedding_tells_the_cells_of_a_random_vision_tower_apart(
+    sandbox_base, tiny_agent_dir
+):
     import torch
 
     empty = render(EMPTY)

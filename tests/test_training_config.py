@@ -35,17 +35,23 @@ def test_the_paper_settings_are_the_papers():
     assert (planner["num_train_epochs"], critic["num_train_epochs"]) == (3, 2)
     grpo = config.load(CONFIGS / "grpo_critic_paper.yaml")
     assert grpo["reward"]["weights"] == {"format": 0.5, "accuracy": 0.1, "semantics": 0.3, "quality": 0.1}
-    assert (grpo["trainer"]["num_generations"], grpo["trainer"]["learning_rate"], grpo["trainer"]["beta"]) == \
-        (8, 2e-6, 0.0)
+    assert (
+        grpo["trainer"]["num_generations"],
+        grpo["trainer"]["learning_rate"],
+        grpo["trainer"]["beta"],
+    ) == (8, 2e-6, 0.0)
 
 
-@pytest.mark.parametrize("name, kind", [("single_gpu", "NO"), ("ddp", "MULTI_GPU"), ("zero3", "DEEPSPEED"),
-                                        ("fsdp2", "FSDP")])
+@pytest.mark.parametrize(
+    "name, kind", [("single_gpu", "NO"), ("ddp", "MULTI_GPU"), ("zero3", "DEEPSPEED"), ("fsdp2", "FSDP")]
+)
 def test_launcher_configs(name, kind):
     data = yaml.safe_load((CONFIGS / "accelerate" / f"{name}.yaml").read_text())
     assert data["distributed_type"] == kind
     if kind == "DEEPSPEED":
-        assert data["deepspeed_config"]["zero_stage"] == 3 and data["deepspeed_config"]["zero3_save_16bit_model"]
+        assert (
+            data["deepspeed_config"]["zero_stage"] == 3 and data["deepspeed_config"]["zero3_save_16bit_model"]
+        )
     if kind == "FSDP":
         assert data["fsdp_config"]["fsdp_version"] == 2
         assert data["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
@@ -54,10 +60,22 @@ def test_launcher_configs(name, kind):
 def test_overrides_reach_nested_keys_and_read_values_as_yaml(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("role: critic\ntrainer: {max_steps: 5}\n", encoding="utf-8")
-    raw = config.load(path, ["trainer.max_steps=10", "trainer.report_to=[]", "trainer.learning_rate=2e-5",
-                             "data.limit=4", "model=folder"])
-    assert raw == {"role": "critic", "trainer": {"max_steps": 10, "report_to": [], "learning_rate": 2e-5},
-                   "data": {"limit": 4}, "model": "folder"}
+    raw = config.load(
+        path,
+        [
+            "trainer.max_steps=10",
+            "trainer.report_to=[]",
+            "trainer.learning_rate=2e-5",
+            "data.limit=4",
+            "model=folder",
+        ],
+    )
+    assert raw == {
+        "role": "critic",
+        "trainer": {"max_steps": 10, "report_to": [], "learning_rate": 2e-5},
+        "data": {"limit": 4},
+        "model": "folder",
+    }
     with pytest.raises(config.ConfigError, match="key=value"):
         config.load(path, ["trainer.max_steps"])
     with pytest.raises(config.ConfigError, match="not a section"):
@@ -67,8 +85,12 @@ def test_overrides_reach_nested_keys_and_read_values_as_yaml(tmp_path):
 
 
 def test_settings_name_what_is_wrong():
-    base = {"role": "critic", "model": "m", "output_dir": "o",
-            "data": {"train": [{"format": "sharegpt", "path": "x"}]}}
+    base = {
+        "role": "critic",
+        "model": "m",
+        "output_dir": "o",
+        "data": {"train": [{"format": "sharegpt", "path": "x"}]},
+    }
     assert config.RunSettings.from_dict(base).data.train[0].path == "x"
     for change, message in [
         ({"role": "painter"}, "role must be planner or critic"),
@@ -86,8 +108,12 @@ def test_settings_name_what_is_wrong():
 def test_the_tiny_model_is_built_once_into_the_run_folder(tmp_path):
     from interleave_thinker.training.runs import model_folder
 
-    base = {"role": "critic", "model": "tiny", "output_dir": str(tmp_path),
-            "data": {"train": [{"format": "synthetic"}]}}
+    base = {
+        "role": "critic",
+        "model": "tiny",
+        "output_dir": str(tmp_path),
+        "data": {"train": [{"format": "synthetic"}]},
+    }
     folder = model_folder(config.RunSettings.from_dict(base))
     assert folder == tmp_path / "tiny-base" and (folder / "config.json").is_file()
     stamp = (folder / "model.safetensors").stat().st_mtime_ns

@@ -80,7 +80,10 @@ def test_critic_sft_round_trip_in_the_official_shape(tmp_path):
     read, report = read_critic_sft(path)
     assert report.kept == 6
     for original, back in zip(examples, read):
-        assert (back.original_instruction, back.prompt_used) == (original.original_instruction, original.prompt_used)
+        assert (back.original_instruction, back.prompt_used) == (
+            original.original_instruction,
+            original.prompt_used,
+        )
         assert back.verdict == original.verdict
         assert (pixels(back.before) == pixels(original.before)).all()
         assert (pixels(back.after) == pixels(original.after)).all()
@@ -91,26 +94,47 @@ def test_critic_rl_round_trip_with_the_official_keys(tmp_path):
     path = write_critic_rl(tmp_path / "critic_rl.jsonl", examples)
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 5
-    assert set(json.loads(lines[0])) == {"origin_prompt", "rewritten_prompt", "origin_image_path", "edited_image_path",
-                                         "evaluation"}
+    assert set(json.loads(lines[0])) == {
+        "origin_prompt",
+        "rewritten_prompt",
+        "origin_image_path",
+        "edited_image_path",
+        "evaluation",
+    }
     read, _ = read_critic_rl(path)
     for original, back in zip(examples, read):
-        assert (back.success, back.semantics, back.quality) == (original.success, original.semantics,
-                                                                 original.quality)
+        assert (back.success, back.semantics, back.quality) == (
+            original.success,
+            original.semantics,
+            original.quality,
+        )
         assert back.original_instruction == original.original_instruction
 
 
 def test_rows_are_rendered_by_the_engine_and_answers_canonicalised(tmp_path):
     before, after = white_canvas(64, 64), Image.new("RGB", (64, 64), "red")
     template = load_template("critic")
-    official_answer = ("<think>The colour is wrong.</think>\n<answer>{'previous_step_success': False, "
-                       "'refine_prompt': 'a blue circle'}</answer>")
+    official_answer = (
+        "<think>The colour is wrong.</think>\n<answer>{'previous_step_success': False, "
+        "'refine_prompt': 'a blue circle'}</answer>"
+    )
     before.save(tmp_path / "b.png")
     after.save(tmp_path / "a.png")
-    user = "<image><image>" + template.render(original_instruction="a blue circle", rewritten_prompt="a red circle")
-    path = dump_rows(tmp_path / "critic.json", [{"messages": [{"role": "user", "content": user},
-                                                              {"role": "assistant", "content": official_answer}],
-                                                 "images": ["b.png", "a.png"]}])
+    user = "<image><image>" + template.render(
+        original_instruction="a blue circle", rewritten_prompt="a red circle"
+    )
+    path = dump_rows(
+        tmp_path / "critic.json",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": user},
+                    {"role": "assistant", "content": official_answer},
+                ],
+                "images": ["b.png", "a.png"],
+            }
+        ],
+    )
     examples, _ = read_critic_sft(path)
     row = SFTRows(examples, Templates.load())[0]
     engine = critic_messages(before, after, "a blue circle", "a red circle")
@@ -118,15 +142,26 @@ def test_rows_are_rendered_by_the_engine_and_answers_canonicalised(tmp_path):
     assert [p["type"] for p in row["prompt"][0]["content"]] == ["image", "image", "text"]
     assert len(row["images"]) == 2
     answer = row["completion"][0]["content"][0]["text"]
-    assert answer == ('<think>The colour is wrong.</think>\n<answer>{"previous_step_success": false, '
-                      '"refine_prompt": "a blue circle"}</answer>')
+    assert answer == (
+        '<think>The colour is wrong.</think>\n<answer>{"previous_step_success": false, '
+        '"refine_prompt": "a blue circle"}</answer>'
+    )
 
 
 def test_a_planner_turn_without_a_template_is_the_instruction_unless_refused(tmp_path):
     answer = plan_text("a red circle")
-    path = dump_rows(tmp_path / "planner.json", [{"messages": [{"role": "user", "content": "Draw a red circle."},
-                                                               {"role": "assistant", "content": answer}],
-                                                  "images": []}])
+    path = dump_rows(
+        tmp_path / "planner.json",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "Draw a red circle."},
+                    {"role": "assistant", "content": answer},
+                ],
+                "images": [],
+            }
+        ],
+    )
     [example], _ = read_planner_sft(path)
     assert example.instruction == "Draw a red circle."
     prompt = SFTRows([example], Templates.load())[0]["prompt"]
@@ -137,14 +172,20 @@ def test_a_planner_turn_without_a_template_is_the_instruction_unless_refused(tmp
 
 def test_data_written_with_another_template_is_recognised_through_source_templates(tmp_path):
     wording = tmp_path / "official_critic.txt"
-    wording.write_text("Step instruction: {original_instruction}\nPrompt used: {rewritten_prompt}\nJudge it.",
-                       encoding="utf-8")
+    wording.write_text(
+        "Step instruction: {original_instruction}\nPrompt used: {rewritten_prompt}\nJudge it.",
+        encoding="utf-8",
+    )
     white_canvas(64, 64).save(tmp_path / "b.png")
     white_canvas(64, 64).save(tmp_path / "a.png")
     user = "<image><image>Step instruction: add a hat\nPrompt used: a hat\nJudge it."
-    row = {"messages": [{"role": "user", "content": user},
-                        {"role": "assistant", "content": verdict_text(False, "add a red hat")}],
-           "images": ["b.png", "a.png"]}
+    row = {
+        "messages": [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": verdict_text(False, "add a red hat")},
+        ],
+        "images": ["b.png", "a.png"],
+    }
     path = dump_rows(tmp_path / "critic.json", [row])
     examples, report = read_critic_sft(path)
     assert not examples and "matches no Critic template" in str(report.bad[0])
@@ -155,8 +196,13 @@ def test_data_written_with_another_template_is_recognised_through_source_templat
 
 
 def test_images_over_the_pixel_budget_are_shrunk(tmp_path):
-    example = CriticExample(Image.new("RGB", (300, 200), "white"), Image.new("RGB", (300, 200), "red"),
-                            "a red square", "a red square", Verdict(True, "a red square"))
+    example = CriticExample(
+        Image.new("RGB", (300, 200), "white"),
+        Image.new("RGB", (300, 200), "red"),
+        "a red square",
+        "a red square",
+        Verdict(True, "a red square"),
+    )
     path = write_critic_sft(tmp_path / "c.json", [example])
     examples, report = read_critic_sft(path)
     assert report.resized_images == 0  # the default budget is 1024x1024
@@ -215,8 +261,11 @@ def test_bad_rl_rows_are_named_by_file_and_line(tmp_path):
     assert len(examples) == 2
     found = {row.line: row.reason for row in report.bad}
     assert found == {
-        2: found[2], 3: "evaluation.success is missing", 4: "evaluation.semantics must be from 0 to 10, got 12",
-        5: "evaluation.success must be true or false, got 'maybe'", 6: "origin_prompt must be a non-empty string",
+        2: found[2],
+        3: "evaluation.success is missing",
+        4: "evaluation.semantics must be from 0 to 10, got 12",
+        5: "evaluation.success must be true or false, got 'maybe'",
+        6: "origin_prompt must be a non-empty string",
         7: found[7],
     }
     assert "not valid JSON" in found[2] and "nowhere.png" in found[7]
@@ -237,10 +286,20 @@ def test_a_json_array_that_breaks_mid_file_is_fatal_with_its_line(tmp_path):
 
 def make_story(folder, *, width=64):
     planner = ScriptedAgent([plan_text("a red circle", "add a blue square")])
-    critic = ScriptedAgent([verdict_text(False, "a bright red circle"), verdict_text(True, "a bright red circle"),
-                            verdict_text(True, "add a blue square")])
-    story = run_story("Draw a red circle, then add a blue square.", planner, ShapesGenerator(), critic,
-                      config=LoopConfig(width=width, height=width, max_attempts=3))
+    critic = ScriptedAgent(
+        [
+            verdict_text(False, "a bright red circle"),
+            verdict_text(True, "a bright red circle"),
+            verdict_text(True, "add a blue square"),
+        ]
+    )
+    story = run_story(
+        "Draw a red circle, then add a blue square.",
+        planner,
+        ShapesGenerator(),
+        critic,
+        config=LoopConfig(width=width, height=width, max_attempts=3),
+    )
     return story, story.save(folder)
 
 
@@ -261,8 +320,13 @@ def test_every_judged_attempt_of_a_storyboard_is_a_critic_example(tmp_path):
 
 def test_unchecked_attempts_are_left_out_and_damaged_storyboards_reported(tmp_path):
     planner = ScriptedAgent([plan_text("a red circle")])
-    story = run_story("Draw a red circle.", planner, ShapesGenerator(), ScriptedAgent(["no verdict here"]),
-                      config=LoopConfig(width=64, height=64, max_attempts=2, critic_tries=1))
+    story = run_story(
+        "Draw a red circle.",
+        planner,
+        ShapesGenerator(),
+        ScriptedAgent(["no verdict here"]),
+        config=LoopConfig(width=64, height=64, max_attempts=2, critic_tries=1),
+    )
     story.save(tmp_path / "unchecked")
     _, good = make_story(tmp_path / "good")
     (tmp_path / "damaged").mkdir()

@@ -17,13 +17,17 @@ WINDOW = 8
 
 @pytest.mark.slow
 def test_grpo_raises_the_reward_and_changes_the_weights(grpo_critic, trained_critic):
-    rewards = [row["reward"] for row in read_metrics(grpo_critic.output_dir / "metrics.jsonl") if "reward" in row]
+    rewards = [
+        row["reward"] for row in read_metrics(grpo_critic.output_dir / "metrics.jsonl") if "reward" in row
+    ]
     assert len(rewards) >= 3 * WINDOW
     first, last = sum(rewards[:WINDOW]) / WINDOW, sum(rewards[-WINDOW:]) / WINDOW
     assert last >= first + 0.1, (first, last)
 
-    before, after = load_file(trained_critic.final_dir / "model.safetensors"), \
-        load_file(grpo_critic.final_dir / "model.safetensors")
+    before, after = (
+        load_file(trained_critic.final_dir / "model.safetensors"),
+        load_file(grpo_critic.final_dir / "model.safetensors"),
+    )
     changed = [name for name in before if not (before[name] == after[name]).all()]
     assert any(".language_model." in name for name in changed)
     assert not any(".visual." in name for name in changed)  # the tiny profile keeps the vision tower frozen
@@ -37,7 +41,9 @@ def test_grpo_raises_the_reward_and_changes_the_weights(grpo_critic, trained_cri
 
 
 def test_grpo_settings_are_checked_before_training():
-    base = config.load(None, ["role=critic", "model=m", "output_dir=o", "data.train=[{format: critic_rl, path: x}]"])
+    base = config.load(
+        None, ["role=critic", "model=m", "output_dir=o", "data.train=[{format: critic_rl, path: x}]"]
+    )
     assert GRPOSettings.from_dict(base).generator.kind == "shapes"
     with pytest.raises(config.ConfigError, match="GRPO trains the Critic"):
         GRPOSettings.from_dict({**base, "role": "planner"})

@@ -21,27 +21,33 @@ BEFORE = Image.new("RGB", (64, 64), "white")
 AFTER = Image.new("RGB", (64, 64), "red")
 
 
-@pytest.mark.parametrize("text, scores", [
-    ('{"score": [7, 9], "reasoning": "fine"}', [7.0, 9.0]),
-    ('  {"score": [0, 10]}\n', [0.0, 10.0]),
-    ('```json\n{"score": [6.5, 8], "reasoning": "ok"}\n```', [6.5, 8.0]),
-])
+@pytest.mark.parametrize(
+    "text, scores",
+    [
+        ('{"score": [7, 9], "reasoning": "fine"}', [7.0, 9.0]),
+        ('  {"score": [0, 10]}\n', [0.0, 10.0]),
+        ('```json\n{"score": [6.5, 8], "reasoning": "ok"}\n```', [6.5, 8.0]),
+    ],
+)
 def test_well_formed_answers_parse(text, scores):
     assert parse_scores(text) == scores
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("Score: 7", "not one JSON object"),
-    ('Here you go: {"score": [7, 9]}', "not one JSON object"),
-    ("{'score': [7, 9]}", "not one JSON object"),  # a Python literal is not the JSON the prompt asks for
-    ('{"scores": [7, 9]}', "no 'score' key"),
-    ('{"score": [7]}', "list of 2 numbers"),
-    ('{"score": 7}', "list of 2 numbers"),
-    ('{"score": [7, 11]}', "outside 0-10"),
-    ('{"score": [7, "high"]}', "not a number"),
-    ('{"score": [true, 9]}', "not a number"),
-    ('{"score": [NaN, 9]}', "not a number"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("Score: 7", "not one JSON object"),
+        ('Here you go: {"score": [7, 9]}', "not one JSON object"),
+        ("{'score': [7, 9]}", "not one JSON object"),  # a Python literal is not the JSON the prompt asks for
+        ('{"scores": [7, 9]}', "no 'score' key"),
+        ('{"score": [7]}', "list of 2 numbers"),
+        ('{"score": 7}', "list of 2 numbers"),
+        ('{"score": [7, 11]}', "outside 0-10"),
+        ('{"score": [7, "high"]}', "not a number"),
+        ('{"score": [true, 9]}', "not a number"),
+        ('{"score": [NaN, 9]}', "not a number"),
+    ],
+)
 def test_anything_else_is_a_parse_failure_never_a_guess(text, reason):
     with pytest.raises(JudgeError, match=reason):
         parse_scores(text)

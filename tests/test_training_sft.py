@@ -63,17 +63,20 @@ def test_the_command_line_trains_with_lora_and_reports_bad_config(tmp_path, tiny
     from interleave_thinker.training.sft import main
 
     config = tmp_path / "lora.yaml"
-    config.write_text(f"""
+    config.write_text(
+        f"""
 role: critic
 model: {tiny_agent_dir}
-output_dir: {tmp_path / 'run'}
+output_dir: {tmp_path / "run"}
 finetune: lora
 lora: {{r: 4, alpha: 8, dropout: 0.0}}
 data:
   train: [{{format: synthetic, count: 8, size: 64}}]
 trainer: {{max_steps: 3, per_device_train_batch_size: 2, learning_rate: 1.0e-3, bf16: false,
           gradient_checkpointing: false, use_cpu: true, disable_tqdm: true}}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     assert main(["--config", str(config)]) == 0
     final = tmp_path / "run" / "final"
     adapter = json.loads((final / "adapter_config.json").read_text())
@@ -94,8 +97,12 @@ def test_the_format_check_reports_the_share_of_answers_that_parse(tmp_path, tiny
     from interleave_thinker.training.synthetic import make_critic_examples
 
     data = write_critic_sft(tmp_path / "critic.json", make_critic_examples(3))
-    assert main(["--model", str(tiny_agent_dir), "--role", "critic", "--data", str(data),
-                 "--max-new-tokens", "8"]) == 0
+    assert (
+        main(
+            ["--model", str(tiny_agent_dir), "--role", "critic", "--data", str(data), "--max-new-tokens", "8"]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report == {"valid": 0, "total": 3, "rate": 0.0}  # an untrained model does not answer in the format
     assert is_valid("<answer>{'previous_step_success': True, 'refine_prompt': ''}</answer>", "critic") is None
@@ -113,16 +120,36 @@ def test_the_same_script_runs_data_parallel_under_torchrun(tmp_path, tiny_agent_
     out = tmp_path / "ddp"
     from helpers import free_port
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(free_port()),
-               "-m", "interleave_thinker.training.sft", "--config", str(PROFILES / "sft_critic_tiny_cpu.yaml"),
-               "--set", f"model={tiny_agent_dir}", "--set", f"output_dir={out}", "--set", "eval.samples=0",
-               "--set", "data.train=[{format: synthetic, count: 16, size: 64}]", "--set", "trainer.max_steps=4",
-               "--set", "trainer.logging_steps=1"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "interleave_thinker.training.sft",
+        "--config",
+        str(PROFILES / "sft_critic_tiny_cpu.yaml"),
+        "--set",
+        f"model={tiny_agent_dir}",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        "eval.samples=0",
+        "--set",
+        "data.train=[{format: synthetic, count: 16, size: 64}]",
+        "--set",
+        "trainer.max_steps=4",
+        "--set",
+        "trainer.logging_steps=1",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     # A process group of its own, so that a timeout ends the worker processes along with the launcher.
-    launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+    launcher = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         _, err = launcher.communicate(timeout=480)
     except subprocess.TimeoutExpired:
@@ -145,11 +172,16 @@ def test_only_the_answer_is_supervised(tmp_path, tiny_agent_dir):
     from interleave_thinker.training.synthetic import make_critic_examples
 
     rows = SFTRows(make_critic_examples(2), Templates.load(), max_pixels=64 * 64)
-    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, gradient_checkpointing=False,
-                     **SFT_DEFAULTS)
+    args = SFTConfig(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, gradient_checkpointing=False, **SFT_DEFAULTS
+    )
     processor = load_processor(tiny_agent_dir)
-    trainer = SFTTrainer(model=load_model(tiny_agent_dir), args=args, train_dataset=rows.as_dataset(),
-                         processing_class=processor)
+    trainer = SFTTrainer(
+        model=load_model(tiny_agent_dir),
+        args=args,
+        train_dataset=rows.as_dataset(),
+        processing_class=processor,
+    )
     batch = trainer.data_collator([rows[0], rows[1]])
     for index in range(2):
         supervised = batch["labels"][index][batch["labels"][index] != -100]

@@ -27,44 +27,119 @@ VIRTUAL_NODES = {"MarkdownNote": 1, "Note": 1}
 
 CORE_SPECS = {
     "CheckpointLoaderSimple": ({"required": {"ckpt_name": (FILES, {})}}, ("MODEL", "CLIP", "VAE")),
-    "UNETLoader": ({"required": {"unet_name": (FILES, {}), "weight_dtype": (
-        ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"], {})}}, ("MODEL",)),
-    "CLIPLoader": ({"required": {"clip_name": (FILES, {}), "type": (
-        ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
-         "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image"], {})},
-        "optional": {"device": (["default", "cpu"], {})}}, ("CLIP",)),
-    "DualCLIPLoader": ({"required": {"clip_name1": (FILES, {}), "clip_name2": (FILES, {}), "type": (
-        ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"], {})},
-        "optional": {"device": (["default", "cpu"], {})}}, ("CLIP",)),
+    "UNETLoader": (
+        {
+            "required": {
+                "unet_name": (FILES, {}),
+                "weight_dtype": (["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"], {}),
+            }
+        },
+        ("MODEL",),
+    ),
+    "CLIPLoader": (
+        {
+            "required": {
+                "clip_name": (FILES, {}),
+                "type": (
+                    [
+                        "stable_diffusion",
+                        "stable_cascade",
+                        "sd3",
+                        "stable_audio",
+                        "mochi",
+                        "ltxv",
+                        "pixart",
+                        "cosmos",
+                        "lumina2",
+                        "wan",
+                        "hidream",
+                        "chroma",
+                        "ace",
+                        "omnigen2",
+                        "qwen_image",
+                        "hunyuan_image",
+                    ],
+                    {},
+                ),
+            },
+            "optional": {"device": (["default", "cpu"], {})},
+        },
+        ("CLIP",),
+    ),
+    "DualCLIPLoader": (
+        {
+            "required": {
+                "clip_name1": (FILES, {}),
+                "clip_name2": (FILES, {}),
+                "type": (["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"], {}),
+            },
+            "optional": {"device": (["default", "cpu"], {})},
+        },
+        ("CLIP",),
+    ),
     "VAELoader": ({"required": {"vae_name": (FILES, {})}}, ("VAE",)),
-    "ModelSamplingAuraFlow": ({"required": {"model": ("MODEL", {}), "shift": (
-        "FLOAT", {"default": 1.73, "min": 0.0, "max": 100.0, "step": 0.01})}}, ("MODEL",)),
+    "ModelSamplingAuraFlow": (
+        {
+            "required": {
+                "model": ("MODEL", {}),
+                "shift": ("FLOAT", {"default": 1.73, "min": 0.0, "max": 100.0, "step": 0.01}),
+            }
+        },
+        ("MODEL",),
+    ),
     "LoadImage": ({"required": {"image": (FILES, {"image_upload": True})}}, ("IMAGE", "MASK")),
-    "CLIPTextEncode": ({"required": {"text": ("STRING", {"multiline": True, "dynamicPrompts": True}),
-                                     "clip": ("CLIP", {})}}, ("CONDITIONING",)),
-    "EmptyLatentImage": ({"required": {
-        "width": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 8}),
-        "height": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 8}),
-        "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})}}, ("LATENT",)),
-    "KSampler": ({"required": {
-        "model": ("MODEL", {}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
-        "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-        "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
-        "sampler_name": (list(FALLBACK_SAMPLERS), {}),
-        "scheduler": (list(FALLBACK_SCHEDULERS), {}),
-        "positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "latent_image": ("LATENT", {}),
-        "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})}}, ("LATENT",)),
+    "CLIPTextEncode": (
+        {"required": {"text": ("STRING", {"multiline": True, "dynamicPrompts": True}), "clip": ("CLIP", {})}},
+        ("CONDITIONING",),
+    ),
+    "EmptyLatentImage": (
+        {
+            "required": {
+                "width": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 8}),
+                "height": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 8}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
+            }
+        },
+        ("LATENT",),
+    ),
+    "KSampler": (
+        {
+            "required": {
+                "model": ("MODEL", {}),
+                "seed": (
+                    "INT",
+                    {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True},
+                ),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+                "sampler_name": (list(FALLBACK_SAMPLERS), {}),
+                "scheduler": (list(FALLBACK_SCHEDULERS), {}),
+                "positive": ("CONDITIONING", {}),
+                "negative": ("CONDITIONING", {}),
+                "latent_image": ("LATENT", {}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            }
+        },
+        ("LATENT",),
+    ),
     "VAEDecode": ({"required": {"samples": ("LATENT", {}), "vae": ("VAE", {})}}, ("IMAGE",)),
     "VAEEncode": ({"required": {"pixels": ("IMAGE", {}), "vae": ("VAE", {})}}, ("LATENT",)),
-    "EmptyImage": ({"required": {
-        "width": ("INT", {"default": 512, "min": 1, "max": 16384, "step": 1}),
-        "height": ("INT", {"default": 512, "min": 1, "max": 16384, "step": 1}),
-        "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
-        "color": ("INT", {"default": 0, "min": 0, "max": 16777215, "step": 1, "display": "color"})}}, ("IMAGE",)),
+    "EmptyImage": (
+        {
+            "required": {
+                "width": ("INT", {"default": 512, "min": 1, "max": 16384, "step": 1}),
+                "height": ("INT", {"default": 512, "min": 1, "max": 16384, "step": 1}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
+                "color": ("INT", {"default": 0, "min": 0, "max": 16777215, "step": 1, "display": "color"}),
+            }
+        },
+        ("IMAGE",),
+    ),
     "PreviewImage": ({"required": {"images": ("IMAGE", {})}}, ()),
-    "SaveImage": ({"required": {"images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "ComfyUI"})}},
-                  ()),
+    "SaveImage": (
+        {"required": {"images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "ComfyUI"})}},
+        (),
+    ),
     "PreviewAny": ({"required": {"source": ("*", {})}}, ()),
 }
 
@@ -74,8 +149,14 @@ CORE_SPECS = {
 
 
 class NodeSpec:
-    def __init__(self, inputs: list[tuple[str, object, dict]], outputs: tuple, output_is_list=(), no_combo_check=(),
-                 required=()):
+    def __init__(
+        self,
+        inputs: list[tuple[str, object, dict]],
+        outputs: tuple,
+        output_is_list=(),
+        no_combo_check=(),
+        required=(),
+    ):
         self.inputs = inputs  # (name, type or combo list or FILES, options), required then optional
         self.required = set(required)
         self.outputs = tuple(outputs)
@@ -119,13 +200,17 @@ def our_specs() -> dict[str, NodeSpec]:
     for name, cls in NODE_CLASS_MAPPINGS.items():
         validate = getattr(cls, "VALIDATE_INPUTS", None)
         skipped = inspect.signature(validate).parameters if validate else ()
-        specs[name] = spec_from_declaration(cls.INPUT_TYPES(), cls.RETURN_TYPES, getattr(cls, "OUTPUT_IS_LIST", ()),
-                                            no_combo_check=skipped)
+        specs[name] = spec_from_declaration(
+            cls.INPUT_TYPES(), cls.RETURN_TYPES, getattr(cls, "OUTPUT_IS_LIST", ()), no_combo_check=skipped
+        )
     return specs
 
 
 def core_specs() -> dict[str, NodeSpec]:
-    return {name: spec_from_declaration(declaration, outputs) for name, (declaration, outputs) in CORE_SPECS.items()}
+    return {
+        name: spec_from_declaration(declaration, outputs)
+        for name, (declaration, outputs) in CORE_SPECS.items()
+    }
 
 
 def known_specs() -> dict[str, NodeSpec]:
@@ -138,7 +223,9 @@ def known_specs() -> dict[str, NodeSpec]:
 
 def value_problems(where: str, name: str, kind, options: dict, value, spec: NodeSpec) -> list[str]:
     if kind == FILES:
-        return [] if isinstance(value, str) and value else [f"{where}: {name} needs a file name, got {value!r}"]
+        return (
+            [] if isinstance(value, str) and value else [f"{where}: {name} needs a file name, got {value!r}"]
+        )
     if isinstance(kind, list):
         if name in spec.no_combo_check:
             return [] if isinstance(value, str) else [f"{where}: {name} must be text, got {value!r}"]
@@ -202,8 +289,10 @@ def check_ui(workflow: dict, specs: dict[str, NodeSpec]) -> list[str]:
             if (target, target_slot) != (node["id"], slot):
                 problems.append(f"{where}: link {link[0]} does not end at input {entry['name']}")
             if not types_match(link_type, kind):
-                problems.append(f"{where}: {entry['name']} takes {kind if isinstance(kind, str) else 'COMBO'}, "
-                                f"link {link[0]} carries {link_type}")
+                problems.append(
+                    f"{where}: {entry['name']} takes {kind if isinstance(kind, str) else 'COMBO'}, "
+                    f"link {link[0]} carries {link_type}"
+                )
         outputs = node.get("outputs", [])
         if [o["type"] for o in outputs] != list(spec.outputs):
             problems.append(f"{where}: outputs {[o['type'] for o in outputs]} != {list(spec.outputs)}")
@@ -211,14 +300,17 @@ def check_ui(workflow: dict, specs: dict[str, NodeSpec]) -> list[str]:
             for link_id in output.get("links") or []:
                 link = links.get(link_id)
                 if link is None or (link[1], link[2]) != (node["id"], slot) or link[5] != output["type"]:
-                    problems.append(f"{where}: output {output['name']} lists link {link_id} that does not start "
-                                    f"there")
+                    problems.append(
+                        f"{where}: output {output['name']} lists link {link_id} that does not start there"
+                    )
         problems += check_widget_values(where, spec, node.get("widgets_values", []))
     for link_id, origin, origin_slot, target, target_slot, link_type in workflow["links"]:
         if origin not in nodes or target not in nodes:
             problems.append(f"link {link_id} joins missing nodes")
             continue
-        entry = nodes[target]["inputs"][target_slot] if target_slot < len(nodes[target].get("inputs", [])) else {}
+        entry = (
+            nodes[target]["inputs"][target_slot] if target_slot < len(nodes[target].get("inputs", [])) else {}
+        )
         if entry.get("link") != link_id:
             problems.append(f"link {link_id} is not recorded on node {target}'s input {target_slot}")
         output = nodes[origin]["outputs"][origin_slot] if origin_slot < len(nodes[origin]["outputs"]) else {}
@@ -237,8 +329,9 @@ def ui_widget_values(spec: NodeSpec, values: list) -> dict:
 
 
 def check_widget_values(where: str, spec: NodeSpec, values: list) -> list[str]:
-    expected = sum(1 + bool(o.get("control_after_generate")) + bool(o.get("image_upload"))
-                   for _, _, o in spec.widgets())
+    expected = sum(
+        1 + bool(o.get("control_after_generate")) + bool(o.get("image_upload")) for _, _, o in spec.widgets()
+    )
     if len(values) != expected:
         return [f"{where}: {len(values)} widget values, the node has {expected}"]
     problems = []
@@ -246,7 +339,11 @@ def check_widget_values(where: str, spec: NodeSpec, values: list) -> list[str]:
     for name, kind, options in spec.widgets():
         problems += value_problems(where, name, kind, options, values[position], spec)
         if options.get("control_after_generate") and values[position + 1] not in (
-                "fixed", "increment", "decrement", "randomize"):
+            "fixed",
+            "increment",
+            "decrement",
+            "randomize",
+        ):
             problems.append(f"{where}: {name}'s control value {values[position + 1]!r} is not a known mode")
         position += 1 + bool(options.get("control_after_generate")) + bool(options.get("image_upload"))
     return problems
@@ -279,7 +376,9 @@ def check_api(graph: dict, specs: dict[str, NodeSpec]) -> list[str]:
                 if source_spec is None or not 0 <= value[1] < len(source_spec.outputs):
                     problems.append(f"{where}: {name} links to a missing output {value!r}")
                 elif not types_match(source_spec.outputs[value[1]], kind):
-                    problems.append(f"{where}: {name} gets {source_spec.outputs[value[1]]} from node {value[0]}")
+                    problems.append(
+                        f"{where}: {name} gets {source_spec.outputs[value[1]]} from node {value[0]}"
+                    )
             elif not is_widget(kind, options):
                 problems.append(f"{where}: {name} must be linked, got the value {value!r}")
             else:
@@ -359,7 +458,9 @@ def test_the_checker_catches_broken_workflows():
     loop = next(node for node in workflow["nodes"] if node["type"] == "InterleaveThinkerRefineLoop")
     loop["widgets_values"][loop["widgets_values"].index("img2img")] = "sideways"
     workflow["links"][0][5] = "LATENT"
-    workflow["nodes"].append({"id": 999, "type": "NoSuchNode", "inputs": [], "outputs": [], "widgets_values": []})
+    workflow["nodes"].append(
+        {"id": 999, "type": "NoSuchNode", "inputs": [], "outputs": [], "widgets_values": []}
+    )
     problems = "\n".join(check_ui(workflow, specs))
     assert "edit_route='sideways'" in problems
     assert "carries LATENT" in problems or "does not start there" in problems

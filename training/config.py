@@ -43,8 +43,17 @@ from typing import Any
 import yaml
 
 FORMATS = ("sharegpt", "critic_rl", "storyboard", "synthetic")
-_SOURCE_KEYS = {"format", "path", "image_dir", "raw_instructions", "count", "seed", "teacher_accuracy", "think_share",
-                "size"}
+_SOURCE_KEYS = {
+    "format",
+    "path",
+    "image_dir",
+    "raw_instructions",
+    "count",
+    "seed",
+    "teacher_accuracy",
+    "think_share",
+    "size",
+}
 
 
 class ConfigError(ValueError):
@@ -56,7 +65,9 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
 )
 
 
@@ -112,8 +123,9 @@ def _check_keys(section: str, data: Any, allowed) -> dict[str, Any]:
         raise ConfigError(f"'{section}' must be a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise ConfigError(f"unknown key(s) in '{section}': {', '.join(unknown)}; "
-                          f"allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"unknown key(s) in '{section}': {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
     return data
 
 
@@ -158,7 +170,9 @@ class DataSettings:
         self.train = [self._source(s, "data.train") for s in self.train or []]
         self.eval = [self._source(s, "data.eval") for s in self.eval or []]
         if not self.train:
-            raise ValueError("data.train lists no source; add e.g. {format: sharegpt, path: data/critic_sft.json}")
+            raise ValueError(
+                "data.train lists no source; add e.g. {format: sharegpt, path: data/critic_sft.json}"
+            )
         if self.on_bad_row not in ("skip", "error"):
             raise ValueError(f"on_bad_row must be skip or error, got {self.on_bad_row!r}")
         if self.max_pixels < 32 * 32:
@@ -249,7 +263,9 @@ def trainer_args(config_class, settings: RunSettings, defaults: dict[str, Any]):
     known = {f.name for f in fields(config_class)}
     unknown = sorted(set(settings.trainer) - known)
     if unknown:
-        raise ConfigError(f"unknown key(s) in 'trainer': {', '.join(unknown)} (not fields of {config_class.__name__})")
+        raise ConfigError(
+            f"unknown key(s) in 'trainer': {', '.join(unknown)} (not fields of {config_class.__name__})"
+        )
     values = {**defaults, **settings.trainer, "output_dir": settings.output_dir}
     values.setdefault("seed", settings.seed)
     try:
@@ -269,8 +285,14 @@ def code_version() -> dict[str, str | None]:
         version = None
     commit = None
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent.parent,
-                                capture_output=True, text=True, timeout=5, check=False)
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
         if result.returncode == 0:
             commit = result.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):

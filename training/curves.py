@@ -43,7 +43,9 @@ def plot_metrics(rows: list[dict[str, Any]], out: str | Path, title: str = "") -
     per_function = sorted(k for k in keys if k.startswith("rewards/") and k.endswith("/mean"))
     parts = sorted(k for k in keys if k.startswith("critic/") and k != "critic/abstained")
     # One reward function's mean is the reward itself: show its parts instead.
-    reward_keys = (["reward"] if "reward" in keys else []) + (per_function if len(per_function) > 1 else []) + parts
+    reward_keys = (
+        (["reward"] if "reward" in keys else []) + (per_function if len(per_function) > 1 else []) + parts
+    )
     panels = [("loss", ["loss"])] + ([("reward", reward_keys)] if reward_keys else [])
     if not any(_series(rows, key)[1] for _, keys in panels for key in keys):
         return None

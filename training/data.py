@@ -298,7 +298,9 @@ class Templates:
     sources: list[Template] = field(default_factory=list)
 
     @classmethod
-    def load(cls, overrides: dict[str, str | Path] | None = None, sources: Sequence[tuple[str, str | Path]] = ()):
+    def load(
+        cls, overrides: dict[str, str | Path] | None = None, sources: Sequence[tuple[str, str | Path]] = ()
+    ):
         overrides = overrides or {}
         unknown = set(overrides) - set(ROLES)
         if unknown:
@@ -345,7 +347,9 @@ def verdict_answer(verdict: Verdict, keep_reasoning: bool = True) -> str:
 _PLACEHOLDER = Image.new("RGB", (1, 1), (255, 255, 255))
 
 
-def planner_prompt(example: PlannerExample, templates: Templates, images: Sequence[Image.Image]) -> list[dict]:
+def planner_prompt(
+    example: PlannerExample, templates: Templates, images: Sequence[Image.Image]
+) -> list[dict]:
     mode = example.mode if example.mode != "auto" else ("guidance" if example.images else "narrative")
     return planner_messages(example.instruction, images, mode, templates.render[mode], max_pixels=10**12)
 
@@ -353,7 +357,9 @@ def planner_prompt(example: PlannerExample, templates: Templates, images: Sequen
 def critic_prompt(
     original_instruction: str, prompt_used: str, templates: Templates, before: Image.Image, after: Image.Image
 ) -> list[dict]:
-    return critic_messages(before, after, original_instruction, prompt_used, templates.render["critic"], 10**12)
+    return critic_messages(
+        before, after, original_instruction, prompt_used, templates.render["critic"], 10**12
+    )
 
 
 def split_images(messages: list[dict]) -> tuple[list[dict], list[Image.Image]]:
@@ -447,7 +453,9 @@ def planner_sft_row(
 def critic_sft_row(
     example: CriticExample, store: _ImageStore, templates: Templates, keep_reasoning: bool = True
 ) -> dict:
-    messages = critic_prompt(example.original_instruction, example.prompt_used, templates, _PLACEHOLDER, _PLACEHOLDER)
+    messages = critic_prompt(
+        example.original_instruction, example.prompt_used, templates, _PLACEHOLDER, _PLACEHOLDER
+    )
     return {
         "messages": [
             {"role": "user", "content": sharegpt_text(messages)},
@@ -463,7 +471,11 @@ def critic_rl_row(example: CriticRLExample, store: _ImageStore) -> dict:
         "rewritten_prompt": example.prompt_used,
         "origin_image_path": store.ref(example.before),
         "edited_image_path": store.ref(example.after),
-        "evaluation": {"success": bool(example.success), "semantics": example.semantics, "quality": example.quality},
+        "evaluation": {
+            "success": bool(example.success),
+            "semantics": example.semantics,
+            "quality": example.quality,
+        },
     }
 
 
@@ -554,8 +566,10 @@ def _array_rows(text: str, path: Path) -> Iterator[tuple[int, Any]]:
         try:
             row, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{line_at(error.pos)}: not valid JSON ({error.msg}); the rest of the file "
-                            f"cannot be read") from None
+            raise DataError(
+                f"{path}:{line_at(error.pos)}: not valid JSON ({error.msg}); the rest of the file "
+                f"cannot be read"
+            ) from None
         yield line_at(start), row
         pos = ws.match(text, pos).end()
         if pos < len(text) and text[pos] == ",":
@@ -588,8 +602,9 @@ def _sharegpt_turns(row: Any) -> tuple[str, str, list]:
 def _check_markers(user: str, images: list, expected: int | None = None) -> None:
     markers = count_markers(user)
     if markers != len(images):
-        raise _RowError(f"the user turn has {markers} {IMAGE_MARKER} marker(s) but the row lists "
-                        f"{len(images)} image(s)")
+        raise _RowError(
+            f"the user turn has {markers} {IMAGE_MARKER} marker(s) but the row lists {len(images)} image(s)"
+        )
     if expected is not None and markers != expected:
         raise _RowError(f"a Critic row needs exactly {expected} images (before, after), got {markers}")
 
@@ -637,8 +652,10 @@ def read_planner_sft(
                 break
         if instruction is None:
             if not raw_instructions:
-                raise _RowError("the user turn matches no Planner template (add the template the data was "
-                                "written with to source_templates)")
+                raise _RowError(
+                    "the user turn matches no Planner template (add the template the data was "
+                    "written with to source_templates)"
+                )
             instruction = user
         instruction = instruction.strip()
         if not instruction:
@@ -681,8 +698,10 @@ def read_critic_sft(
             if fields is not None:
                 break
         else:
-            raise _RowError("the user turn matches no Critic template (add the template the data was written "
-                            "with to source_templates)")
+            raise _RowError(
+                "the user turn matches no Critic template (add the template the data was written "
+                "with to source_templates)"
+            )
         original = fields["original_instruction"].strip()
         if not original:
             raise _RowError("the step's original instruction is empty")
@@ -690,7 +709,9 @@ def read_critic_sft(
         checker.check(before)
         checker.check(after)
         verdict = parse_verdict(answer)
-        return CriticExample(before, after, original, fields["rewritten_prompt"].strip(), verdict, f"{path}:{line}")
+        return CriticExample(
+            before, after, original, fields["rewritten_prompt"].strip(), verdict, f"{path}:{line}"
+        )
 
     examples, report = _read_sharegpt(path, on_bad_row, build)
     report.resized_images = checker.resized
@@ -744,12 +765,16 @@ def read_critic_rl(
             if key not in evaluation:
                 raise _RowError(f"evaluation.{key} is missing")
         success = _flag(evaluation["success"])
-        semantics, quality = _score(evaluation["semantics"], "semantics"), _score(evaluation["quality"], "quality")
+        semantics, quality = (
+            _score(evaluation["semantics"], "semantics"),
+            _score(evaluation["quality"], "quality"),
+        )
         before, after = _resolve(row["origin_image_path"], base), _resolve(row["edited_image_path"], base)
         checker.check(before)
         checker.check(after)
-        return CriticRLExample(before, after, original.strip(), used.strip(), success, semantics, quality,
-                               f"{path}:{line}")
+        return CriticRLExample(
+            before, after, original.strip(), used.strip(), success, semantics, quality, f"{path}:{line}"
+        )
 
     examples, report = _read_sharegpt(path, on_bad_row, build)
     report.resized_images = checker.resized
@@ -826,10 +851,16 @@ def _story_examples(story: Storyboard, data: dict, folder: Path, role: str, rows
         for attempt, saved in zip(step.attempts, raw["attempts"]):
             if attempt.verdict is None:
                 continue
-            examples.append(CriticExample(
-                step_before, folder / saved["image"], step.plan_step.prompt or "", attempt.prompt, attempt.verdict,
-                f"{source} (step {step.number}, attempt {attempt.number})",
-            ))
+            examples.append(
+                CriticExample(
+                    step_before,
+                    folder / saved["image"],
+                    step.plan_step.prompt or "",
+                    attempt.prompt,
+                    attempt.verdict,
+                    f"{source} (step {step.number}, attempt {attempt.number})",
+                )
+            )
         before = folder / raw["image"]
     return examples
 
@@ -867,8 +898,11 @@ class SFTRows:
             raise IndexError(index)
         example = self.examples[index]
         prompt, images = split_images(self.prompt_messages(example))
-        answer = (plan_answer(example.plan, self.keep_reasoning) if isinstance(example, PlannerExample)
-                  else verdict_answer(example.verdict, self.keep_reasoning))
+        answer = (
+            plan_answer(example.plan, self.keep_reasoning)
+            if isinstance(example, PlannerExample)
+            else verdict_answer(example.verdict, self.keep_reasoning)
+        )
         return {
             "prompt": prompt,
             "completion": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
@@ -884,7 +918,10 @@ class SFTRows:
         if isinstance(example, PlannerExample):
             images = [load_image(ref, self.max_pixels) for ref in example.images]
             return planner_prompt(example, self.templates, images)
-        before, after = load_image(example.before, self.max_pixels), load_image(example.after, self.max_pixels)
+        before, after = (
+            load_image(example.before, self.max_pixels),
+            load_image(example.after, self.max_pixels),
+        )
         return critic_prompt(example.original_instruction, example.prompt_used, self.templates, before, after)
 
 
@@ -902,7 +939,9 @@ def _lazy_dataset(rows) -> Any:
 class CriticRLRows:
     """Prompt rows for ``GRPOTrainer``: the Critic's messages plus the columns the reward reads."""
 
-    def __init__(self, examples: Sequence[CriticRLExample], templates: Templates, *, max_pixels: int = MAX_PIXELS):
+    def __init__(
+        self, examples: Sequence[CriticRLExample], templates: Templates, *, max_pixels: int = MAX_PIXELS
+    ):
         if not examples:
             raise DataError("the RL set is empty: no usable rows were found")
         self.examples = list(examples)
@@ -920,8 +959,9 @@ class CriticRLRows:
             raise IndexError(index)
         e = self.examples[index]
         before, after = load_image(e.before, self.max_pixels), load_image(e.after, self.max_pixels)
-        prompt, images = split_images(critic_prompt(e.original_instruction, e.prompt_used, self.templates,
-                                                    before, after))
+        prompt, images = split_images(
+            critic_prompt(e.original_instruction, e.prompt_used, self.templates, before, after)
+        )
         return {
             "prompt": prompt,
             "images": images,

@@ -39,8 +39,9 @@ def is_valid(text: str, role: str) -> str | None:
     return None
 
 
-def generate(model, processor, conversations: Sequence[list[dict]], *, max_new_tokens: int = 256,
-             batch_size: int = 8) -> list[str]:
+def generate(
+    model, processor, conversations: Sequence[list[dict]], *, max_new_tokens: int = 256, batch_size: int = 8
+) -> list[str]:
     """Greedy answers to ``conversations`` (engine messages with images inline), a batch at a time."""
     import torch
 
@@ -57,13 +58,26 @@ def generate(model, processor, conversations: Sequence[list[dict]], *, max_new_t
     for start in range(0, len(conversations), batch_size):
         batch = [list(c) for c in conversations[start : start + batch_size]]
         inputs = processor.apply_chat_template(
-            batch, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", **padding,
+            batch,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            **padding,
         ).to(model.device)
         with torch.inference_mode():
-            ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
-                                 use_cache=True)
-        new = ids[:, inputs["input_ids"].shape[1]:]
+            ids = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                use_cache=True,
+            )
+        new = ids[:, inputs["input_ids"].shape[1] :]
         outputs += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return outputs
 
@@ -79,7 +93,9 @@ def format_rate(
     max_new_tokens: int = 256,
     batch_size: int = 8,
 ) -> FormatReport:
-    rows = SFTRows(examples, templates or Templates.load(), **({"max_pixels": max_pixels} if max_pixels else {}))
+    rows = SFTRows(
+        examples, templates or Templates.load(), **({"max_pixels": max_pixels} if max_pixels else {})
+    )
     conversations = [rows.prompt_messages(example) for example in examples]
     outputs = generate(model, processor, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size)
     errors = [is_valid(text, role) for text in outputs]
@@ -103,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         examples, _ = (read_planner_sft if args.role == PLANNER else read_critic_sft)(data)
     model, processor = load_model(args.model), load_processor(args.model)
-    report = format_rate(model, processor, examples[: args.limit], args.role, max_new_tokens=args.max_new_tokens)
+    report = format_rate(
+        model, processor, examples[: args.limit], args.role, max_new_tokens=args.max_new_tokens
+    )
     print(json.dumps({"valid": report.valid, "total": report.total, "rate": report.rate}))
     return 0
 

@@ -109,7 +109,9 @@ def export_model(
         merged.save_pretrained(tmp, max_shard_size=max_shard_size)
         processor.save_pretrained(tmp)
         if not _has_chat_template(tmp):
-            raise ExportError(f"the processor of {source} has no chat template; the agent could not be prompted")
+            raise ExportError(
+                f"the processor of {source} has no chat template; the agent could not be prompted"
+            )
         for name in UNSAFE_FILES:
             (tmp / name).unlink(missing_ok=True)
         shards = len(list(tmp.glob("*.safetensors")))
@@ -125,13 +127,17 @@ def export_model(
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description="Export a trained agent as a model folder for ComfyUI.")
-    parser.add_argument("--model", required=True, help="trained model or LoRA adapter folder (e.g. runs/x/final)")
+    parser.add_argument(
+        "--model", required=True, help="trained model or LoRA adapter folder (e.g. runs/x/final)"
+    )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="the folder to write")
     where.add_argument("--comfyui", help="a ComfyUI folder: writes models/LLM/<--name> inside it")
     parser.add_argument("--name", help="the model's folder name under models/LLM (with --comfyui)")
     parser.add_argument("--base", help="base model folder of a LoRA adapter (default: the one it records)")
-    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="weights dtype (bf16)")
+    parser.add_argument(
+        "--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="weights dtype (bf16)"
+    )
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     args = parser.parse_args(argv)
@@ -142,8 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             target = comfyui_target(args.comfyui, args.name)
         else:
             target = Path(args.out)
-        path = export_model(args.model, target, base=args.base, dtype=args.dtype,
-                            max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+        path = export_model(
+            args.model,
+            target,
+            base=args.base,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
+        )
     except (ExportError, ModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -75,11 +75,15 @@ class GeneratorSettings:
 
     def __post_init__(self) -> None:
         if self.kind not in ("shapes", "diffusers", "comfyui", "import"):
-            raise ValueError(f"generator kind must be shapes, diffusers, comfyui or import, got {self.kind!r}")
+            raise ValueError(
+                f"generator kind must be shapes, diffusers, comfyui or import, got {self.kind!r}"
+            )
         if self.kind == "diffusers" and not self.path:
             raise ValueError("a diffusers generator needs a path (a local pipeline folder)")
         if self.kind == "comfyui" and not (self.url and (self.checkpoint or self.text_graph)):
-            raise ValueError("a comfyui generator needs url and either checkpoint or text_graph (+ edit_graph)")
+            raise ValueError(
+                "a comfyui generator needs url and either checkpoint or text_graph (+ edit_graph)"
+            )
         if self.kind == "import" and not self.target:
             raise ValueError("an imported generator needs target: 'package.module:Class'")
 
@@ -113,8 +117,12 @@ class GRPOSettings(cfg.RunSettings):
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
 
-    SECTIONS = {**cfg.RunSettings.SECTIONS, "reward": RewardSettings, "generator": GeneratorSettings,
-                "judge": JudgeSettings}
+    SECTIONS = {
+        **cfg.RunSettings.SECTIONS,
+        "reward": RewardSettings,
+        "generator": GeneratorSettings,
+        "judge": JudgeSettings,
+    }
 
     def check(self) -> None:
         super().check()
@@ -145,8 +153,12 @@ def build_generator(settings: GeneratorSettings):
         from ..core.generators.comfyui_server import ComfyUIServerGenerator
 
         if settings.checkpoint:
-            return ComfyUIServerGenerator.for_checkpoint(settings.url, settings.checkpoint, **settings.options)
-        return ComfyUIServerGenerator(settings.url, settings.text_graph, settings.edit_graph, **settings.options)
+            return ComfyUIServerGenerator.for_checkpoint(
+                settings.url, settings.checkpoint, **settings.options
+            )
+        return ComfyUIServerGenerator(
+            settings.url, settings.text_graph, settings.edit_graph, **settings.options
+        )
     return _import(settings.target)(**settings.options)
 
 
@@ -158,10 +170,15 @@ def build_judge(settings: JudgeSettings):
     if settings.kind == "vlm":
         from .judge import QUALITY_PROMPT, SEMANTICS_PROMPT, load_judge
 
-        return load_judge(settings.spec, model=settings.model, api_key_env=settings.api_key_env,
-                          max_new_tokens=settings.max_new_tokens, timeout=settings.timeout,
-                          semantics_prompt=settings.semantics_prompt or SEMANTICS_PROMPT,
-                          quality_prompt=settings.quality_prompt or QUALITY_PROMPT)
+        return load_judge(
+            settings.spec,
+            model=settings.model,
+            api_key_env=settings.api_key_env,
+            max_new_tokens=settings.max_new_tokens,
+            timeout=settings.timeout,
+            semantics_prompt=settings.semantics_prompt or SEMANTICS_PROMPT,
+            quality_prompt=settings.quality_prompt or QUALITY_PROMPT,
+        )
     return _import(settings.target)(**settings.options)
 
 
@@ -171,9 +188,17 @@ def build_reward(settings: GRPOSettings) -> CriticReward:
         weights = RewardWeights.from_dict(r.weights)
     except ValueError as error:
         raise cfg.ConfigError(f"reward.weights: {error}") from None
-    return CriticReward(build_generator(settings.generator), build_judge(settings.judge), weights=weights,
-                        seed=r.seed, concurrency=r.concurrency, timeout=r.timeout, cache_dir=r.cache_dir,
-                        require_think=r.require_think, max_prompt_chars=r.max_prompt_chars)
+    return CriticReward(
+        build_generator(settings.generator),
+        build_judge(settings.judge),
+        weights=weights,
+        seed=r.seed,
+        concurrency=r.concurrency,
+        timeout=r.timeout,
+        cache_dir=r.cache_dir,
+        require_think=r.require_think,
+        max_prompt_chars=r.max_prompt_chars,
+    )
 
 
 @dataclass
@@ -213,8 +238,9 @@ def run_grpo(raw: dict[str, Any]) -> GRPOResult:
     peft_config = None
     if settings.finetune == "lora":
         lora = settings.lora
-        peft_config = lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules,
-                                  vision=not settings.freeze_vision)
+        peft_config = lora_config(
+            lora.r, lora.alpha, lora.dropout, lora.target_modules, vision=not settings.freeze_vision
+        )
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[reward],
@@ -229,8 +255,9 @@ def run_grpo(raw: dict[str, Any]) -> GRPOResult:
         trainer.train()
     finally:
         reward.close()
-    info = run_info(settings, "grpo", base, report, reward_stats=dict(reward.stats),
-                    reward_weights=vars(reward.weights))
+    info = run_info(
+        settings, "grpo", base, report, reward_stats=dict(reward.stats), reward_weights=vars(reward.weights)
+    )
     final = save_final(trainer, out, info)
     log.info("reward calls: %s", dict(reward.stats))
     return GRPOResult(out, final, report, dict(reward.stats), list(trainer.state.log_history))

@@ -81,7 +81,9 @@ def load_prompt(path: str | Path, placeholders: Sequence[str]) -> str:
         raise JudgeError(f"cannot read judge prompt {path}: {error}") from None
     missing = [name for name in placeholders if "{" + name + "}" not in text]
     if missing:
-        raise JudgeError(f"judge prompt {path} lacks the placeholder(s) {', '.join('{' + m + '}' for m in missing)}")
+        raise JudgeError(
+            f"judge prompt {path} lacks the placeholder(s) {', '.join('{' + m + '}' for m in missing)}"
+        )
     return text
 
 
@@ -115,7 +117,9 @@ class AgentJudge:
         return min(self._ask([image], self.quality_text))
 
     def _ask(self, images: list[Image.Image], text: str) -> list[float]:
-        content: list[dict[str, Any]] = [{"type": "image", "image": fit_pixels(i, self.max_pixels)} for i in images]
+        content: list[dict[str, Any]] = [
+            {"type": "image", "image": fit_pixels(i, self.max_pixels)} for i in images
+        ]
         content.append({"type": "text", "text": text})
         messages = [{"role": "user", "content": content}]
         try:
@@ -142,8 +146,13 @@ def load_judge(
     """A VLM judge from a local model folder or an OpenAI-compatible URL (keys only from ``api_key_env``)."""
     from ..core.agents import load_agent
 
-    agent = load_agent(spec, model=model, api_key_env=api_key_env, decoding=Decoding(max_new_tokens=max_new_tokens),
-                       timeout=timeout)
+    agent = load_agent(
+        spec,
+        model=model,
+        api_key_env=api_key_env,
+        decoding=Decoding(max_new_tokens=max_new_tokens),
+        timeout=timeout,
+    )
     return AgentJudge(agent, semantics_prompt=semantics_prompt, quality_prompt=quality_prompt)
 
 

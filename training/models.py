@@ -12,8 +12,16 @@ log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 # Where image-text-to-text models keep their vision encoder (and its projector), newest layouts first.
-VISION_MODULES = ("model.visual", "visual", "model.vision_tower", "vision_tower", "model.vision_model",
-                  "vision_model", "model.multi_modal_projector", "multi_modal_projector")
+VISION_MODULES = (
+    "model.visual",
+    "visual",
+    "model.vision_tower",
+    "vision_tower",
+    "model.vision_model",
+    "vision_model",
+    "model.multi_modal_projector",
+    "multi_modal_projector",
+)
 # The language model's linear layers; a regex so that LoRA never lands in the vision tower's own projections.
 LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -109,8 +117,9 @@ def freeze_vision(model) -> int:
     """Stop training the vision encoder and its projector; returns how many parameters were frozen."""
     module = vision_module(model)
     if module is None:
-        raise ModelError(f"{type(model).__name__} has no vision module to freeze "
-                         f"(looked for {', '.join(VISION_MODULES)})")
+        raise ModelError(
+            f"{type(model).__name__} has no vision module to freeze (looked for {', '.join(VISION_MODULES)})"
+        )
     count = 0
     for parameter in module.parameters():
         parameter.requires_grad_(False)
@@ -124,8 +133,9 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: str | list[s
 
     if target_modules is None:
         target_modules = "all-linear" if vision else LANGUAGE_LORA_TARGETS
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
+    )
 
 
 def parameter_counts(model) -> dict[str, int]:

@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 
 NEUTRAL = 0.5
 _SHAPE_RE = re.compile(r"\A\s*(?:<think>.*?</think>\s*)?<answer>.*?</answer>\s*\Z", re.DOTALL | re.IGNORECASE)
-_SHAPE_THINK_RE = re.compile(r"\A\s*<think>.*?</think>\s*<answer>.*?</answer>\s*\Z", re.DOTALL | re.IGNORECASE)
+_SHAPE_THINK_RE = re.compile(
+    r"\A\s*<think>.*?</think>\s*<answer>.*?</answer>\s*\Z", re.DOTALL | re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -254,8 +256,12 @@ class CriticReward:
         log_extra: Callable[[str, list], None] | None = None,
         **_: Any,
     ) -> list[float | None]:
-        cases = [StepCase(*row) for row in zip(origin_prompt, rewritten_prompt, before_image, label_success,
-                                               label_semantics, label_quality)]
+        cases = [
+            StepCase(*row)
+            for row in zip(
+                origin_prompt, rewritten_prompt, before_image, label_success, label_semantics, label_quality
+            )
+        ]
         results = await self.score([completion_text(c) for c in completions or []], cases)
         if log_metric is not None:
             for name, value in self.summary(results).items():
@@ -277,12 +283,15 @@ class CriticReward:
         pending: dict[int, Awaitable] = {}
         steps: dict[tuple, asyncio.Task] = {}
         for index, (text, case) in enumerate(zip(texts, cases)):
-            verdict, reason = check_format(text, require_think=self.require_think,
-                                           max_prompt_chars=self.max_prompt_chars)
+            verdict, reason = check_format(
+                text, require_think=self.require_think, max_prompt_chars=self.max_prompt_chars
+            )
             if verdict is None:
                 results.append(RewardResult(total=0.0, reason=reason))
                 continue
-            result = RewardResult(total=None, format=1.0, accuracy=float(verdict.accepted == bool(case.label_success)))
+            result = RewardResult(
+                total=None, format=1.0, accuracy=float(verdict.accepted == bool(case.label_success))
+            )
             results.append(result)
             if case.label_success:
                 result.semantics = result.quality = NEUTRAL
@@ -306,8 +315,12 @@ class CriticReward:
                 result.quality = improvement(outcome[1], case.label_quality)
             if result.format:
                 w = self.weights
-                result.total = (w.format * result.format + w.accuracy * result.accuracy
-                                + w.semantics * result.semantics + w.quality * result.quality)
+                result.total = (
+                    w.format * result.format
+                    + w.accuracy * result.accuracy
+                    + w.semantics * result.semantics
+                    + w.quality * result.quality
+                )
         self.stats["completions"] += len(results)
         self.stats["abstained"] += sum(1 for r in results if r.abstained)
         return results
@@ -315,6 +328,7 @@ class CriticReward:
     @staticmethod
     def summary(results: Sequence[RewardResult]) -> dict[str, float]:
         """Batch means of the parts (the step parts over the completions that have them)."""
+
         def mean(values):
             values = [v for v in values if v is not None]
             return sum(values) / len(values) if values else float("nan")
@@ -333,22 +347,33 @@ class CriticReward:
         if is_white(before):
             width, height = before.size
             gen_key = _key(self.generator.name, "text", prompt, self.seed, width, height)
+
             def make():
                 return self.generator.text_to_image(prompt, width=width, height=height, seed=self.seed)
         else:
             gen_key = _key(self.generator.name, "edit", before_id, prompt, self.seed)
+
             def make():
                 return self.generator.edit(before, prompt, seed=self.seed)
+
         image = await self._cached("image", gen_key, make, "generator")
         if not isinstance(image, Image.Image):
             raise StepFailed(f"generator returned {type(image).__name__}, not an image")
         after_id = image_digest(image)
         instruction = case.original_instruction
         semantics, quality = await asyncio.gather(
-            self._cached("score", _key(self.judge.name, "semantics", before_id, after_id, instruction),
-                         lambda: self.judge.semantics(before, image, instruction), "judge"),
-            self._cached("score", _key(self.judge.name, "quality", after_id), lambda: self.judge.quality(image),
-                         "judge"),
+            self._cached(
+                "score",
+                _key(self.judge.name, "semantics", before_id, after_id, instruction),
+                lambda: self.judge.semantics(before, image, instruction),
+                "judge",
+            ),
+            self._cached(
+                "score",
+                _key(self.judge.name, "quality", after_id),
+                lambda: self.judge.quality(image),
+                "judge",
+            ),
         )
         for name, value in (("semantic", semantics), ("quality", quality)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10:
@@ -394,10 +419,14 @@ class CriticReward:
         except asyncio.TimeoutError:
             self.stats[f"{who}_timeouts"] += 1
             raise StepFailed(f"{who} gave no answer within {self.timeout:g} s") from None
-        except Exception as error:  # any backend failure (HTTP, CUDA, parse) abstains rather than crash the batch
+        except (
+            Exception
+        ) as error:  # any backend failure (HTTP, CUDA, parse) abstains rather than crash the batch
             self.stats[f"{who}_failures"] += 1
             if self.stats[f"{who}_failures"] <= 5:
-                log.warning("%s call failed, the completion abstains: %s: %s", who, type(error).__name__, error)
+                log.warning(
+                    "%s call failed, the completion abstains: %s: %s", who, type(error).__name__, error
+                )
             raise StepFailed(f"{who} failed: {error}") from error
         if value is None:
             self.stats[f"{who}_failures"] += 1

@@ -84,9 +84,17 @@ def _synthetic_files(source: Source, role: str, kind: str, out: Path) -> Path:
     counts = {"planner": 0, "critic": 0, "rl": 0, name: source.count}
     with state().main_process_first():
         if state().is_main_process:
-            write_synthetic_sets(folder, seed=source.seed, size=source.size, teacher_accuracy=source.teacher_accuracy,
-                                 think_share=source.think_share, **counts)
-    return folder / {"planner": "planner_sft.json", "critic": "critic_sft.json", "rl": "critic_rl.jsonl"}[name]
+            write_synthetic_sets(
+                folder,
+                seed=source.seed,
+                size=source.size,
+                teacher_accuracy=source.teacher_accuracy,
+                think_share=source.think_share,
+                **counts,
+            )
+    return (
+        folder / {"planner": "planner_sft.json", "critic": "critic_sft.json", "rl": "critic_rl.jsonl"}[name]
+    )
 
 
 def read_sources(
@@ -98,23 +106,31 @@ def read_sources(
     examples: list = []
     report = DataReport()
     for source in sources:
-        path = _synthetic_files(source, role, kind, Path(settings.output_dir)) if source.format == "synthetic" \
+        path = (
+            _synthetic_files(source, role, kind, Path(settings.output_dir))
+            if source.format == "synthetic"
             else Path(source.path)
+        )
         common = {"image_dir": source.image_dir, "on_bad_row": data.on_bad_row, "checker": checker}
         if kind == "rl":
             if source.format not in ("critic_rl", "synthetic"):
-                raise ConfigError(f"GRPO reads critic_rl (or synthetic) sources, not {source.format}: the RL rows "
-                                  f"need the judge's scores of the rejected image")
+                raise ConfigError(
+                    f"GRPO reads critic_rl (or synthetic) sources, not {source.format}: the RL rows "
+                    f"need the judge's scores of the rejected image"
+                )
             found, part = read_critic_rl(path, **common)
         elif source.format == "storyboard":
             found, part = read_storyboards(path, role, on_bad_row=data.on_bad_row, checker=checker)
         elif source.format == "critic_rl":
-            raise ConfigError("critic_rl rows hold no answer to learn; SFT reads sharegpt or storyboard sources")
+            raise ConfigError(
+                "critic_rl rows hold no answer to learn; SFT reads sharegpt or storyboard sources"
+            )
         elif role == CRITIC:
             found, part = read_critic_sft(path, templates=templates, **common)
         else:
-            found, part = read_planner_sft(path, templates=templates, raw_instructions=source.raw_instructions,
-                                           **common)
+            found, part = read_planner_sft(
+                path, templates=templates, raw_instructions=source.raw_instructions, **common
+            )
         log.info("%s: %s", path, part.summary())
         examples += found
         report.merge(part)
@@ -131,14 +147,18 @@ def split_eval(examples: list, held: int, seed: int) -> tuple[list, list]:
     if held <= 0:
         return examples, []
     if held >= len(examples):
-        raise ConfigError(f"eval.samples ({held}) must be smaller than the training set ({len(examples)} rows)")
+        raise ConfigError(
+            f"eval.samples ({held}) must be smaller than the training set ({len(examples)} rows)"
+        )
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     chosen = set(order[:held])
     return [e for i, e in enumerate(examples) if i not in chosen], [examples[i] for i in sorted(chosen)]
 
 
-def run_info(settings: RunSettings, stage: str, model_dir: Path, report: DataReport, **extra: Any) -> dict[str, Any]:
+def run_info(
+    settings: RunSettings, stage: str, model_dir: Path, report: DataReport, **extra: Any
+) -> dict[str, Any]:
     """What a finished model folder records of its making (export copies it into its metadata)."""
     parent = {}
     parent_file = model_dir / RUN_INFO
@@ -165,7 +185,9 @@ def run_info(settings: RunSettings, stage: str, model_dir: Path, report: DataRep
 def save_final(trainer, out: Path, info: dict[str, Any]) -> Path:
     """Save the trained model (or LoRA adapter) and processor as ``<out>/final``, replaced atomically."""
     final = out / FINAL
-    partial = out / ".final.partial"  # one name on every rank: all of them take part in saving sharded weights
+    partial = (
+        out / ".final.partial"
+    )  # one name on every rank: all of them take part in saving sharded weights
     if state().is_main_process and partial.exists():
         shutil.rmtree(partial)
     state().wait_for_everyone()
@@ -188,5 +210,17 @@ def make_readable(folder: Path) -> None:
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
 
-__all__ = ["FINAL", "RUN_INFO", "UNSAFE_FILES", "make_readable", "model_folder", "read_sources", "run_info",
-           "save_final", "split_eval", "start", "state", "write_json"]
+__all__ = [
+    "FINAL",
+    "RUN_INFO",
+    "UNSAFE_FILES",
+    "make_readable",
+    "model_folder",
+    "read_sources",
+    "run_info",
+    "save_final",
+    "split_eval",
+    "start",
+    "state",
+    "write_json",
+]

@@ -79,25 +79,37 @@ def run_sft(raw: dict[str, Any]) -> SFTResult:
     peft_config = None
     if settings.finetune == "lora":
         lora = settings.lora
-        peft_config = lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules,
-                                  vision=not settings.freeze_vision)
+        peft_config = lora_config(
+            lora.r, lora.alpha, lora.dropout, lora.target_modules, vision=not settings.freeze_vision
+        )
 
     evaluate = bool(held) and state().num_processes == 1
     if held and not evaluate:
         log.info("the format check runs in single-process runs only; skipped")
 
     def measure(trained) -> float:
-        return format_rate(trained, processor, held, settings.role, templates=templates,
-                           max_pixels=settings.data.max_pixels, max_new_tokens=settings.eval.max_new_tokens,
-                           batch_size=settings.eval.batch_size).rate
+        return format_rate(
+            trained,
+            processor,
+            held,
+            settings.role,
+            templates=templates,
+            max_pixels=settings.data.max_pixels,
+            max_new_tokens=settings.eval.max_new_tokens,
+            batch_size=settings.eval.batch_size,
+        ).rate
 
     before = measure(model) if evaluate else None
 
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=SFTRows(examples, templates, max_pixels=settings.data.max_pixels,
-                              keep_reasoning=settings.data.keep_reasoning).as_dataset(),
+        train_dataset=SFTRows(
+            examples,
+            templates,
+            max_pixels=settings.data.max_pixels,
+            keep_reasoning=settings.data.keep_reasoning,
+        ).as_dataset(),
         processing_class=processor,
         peft_config=peft_config,
         callbacks=[MetricsRecorder(out, title=f"SFT {settings.role}")],
@@ -105,8 +117,16 @@ def run_sft(raw: dict[str, Any]) -> SFTResult:
     log.info("parameters: %s", parameter_counts(trainer.model))
     output = trainer.train()
     after = measure(trainer.model) if evaluate else None
-    info = run_info(settings, "sft", base, report, format_rate={"before": before, "after": after},
-                    train_loss=output.training_loss, train_rows=len(examples), eval_rows=len(held))
+    info = run_info(
+        settings,
+        "sft",
+        base,
+        report,
+        format_rate={"before": before, "after": after},
+        train_loss=output.training_loss,
+        train_rows=len(examples),
+        eval_rows=len(held),
+    )
     final = save_final(trainer, out, info)
     if before is not None:
         log.info("answers that parse: %.0f%% before training, %.0f%% after", 100 * before, 100 * after)
@@ -116,8 +136,14 @@ def run_sft(raw: dict[str, Any]) -> SFTResult:
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", required=True, metavar="FILE", help="run configuration (YAML)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set trainer.max_steps=10 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set trainer.max_steps=10 (repeatable)",
+    )
     p.add_argument("--output-dir", help="shorthand for --set output_dir=DIR")
     return p
 

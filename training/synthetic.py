@@ -85,7 +85,9 @@ class ShapesGenerator:
         cells = [(i * width // 3, j * height // 3) for j in range(3) for i in range(3)]
         for colour, shape in parse_shapes(prompt):
             pixels = np.asarray(image)
-            free = [(x, y) for x, y in cells if (pixels[y : y + side, x : x + side] == 255).all(-1).mean() > 0.95]
+            free = [
+                (x, y) for x, y in cells if (pixels[y : y + side, x : x + side] == 255).all(-1).mean() > 0.95
+            ]
             x, y = rng.choice(free or cells)
             box = (x, y, x + side - 1, y + side - 1)
             fill = COLOURS[colour]
@@ -119,8 +121,11 @@ class RuleJudge:
             raise JudgeError(f"the rule judge finds no coloured shape in {instruction!r}")
         old = np.asarray(to_rgb(before).resize(after.size))
         new = np.asarray(to_rgb(after))
-        gained = {c for c, rgb in COLOURS.items()
-                  if _colour_share(new, rgb) - _colour_share(old, rgb) >= _PRESENT_SHARE}
+        gained = {
+            c
+            for c, rgb in COLOURS.items()
+            if _colour_share(new, rgb) - _colour_share(old, rgb) >= _PRESENT_SHARE
+        }
         score = 10.0 * len(targets & gained) / len(targets)
         score -= 3.0 * len(gained - targets)
         drawn = (old != 255).any(axis=-1)
@@ -157,20 +162,30 @@ def make_planner_examples(count: int, seed: int = 0, *, size: int = 64, guidance
         if rng.random() < guidance_share:
             start, add = _pair(rng), _pair(rng)
             picture = generator.text_to_image(f"a {_phrase(start)}", width=size, height=size, seed=index)
-            plan = Plan((PlanStep(1, add[1].title(), f"Add a {_phrase(add)}.", f"add a {_phrase(add)}", None),),
-                        reasoning="One edit.")
-            examples.append(PlannerExample(f"<image> Add a {_phrase(add)} to my picture.", plan, [picture],
-                                           "guidance"))
+            plan = Plan(
+                (PlanStep(1, add[1].title(), f"Add a {_phrase(add)}.", f"add a {_phrase(add)}", None),),
+                reasoning="One edit.",
+            )
+            examples.append(
+                PlannerExample(f"<image> Add a {_phrase(add)} to my picture.", plan, [picture], "guidance")
+            )
             continue
         pairs = [_pair(rng) for _ in range(rng.choice((1, 2)))]
-        steps = [PlanStep(1, pairs[0][1].title(), f"Draw a {_phrase(pairs[0])}.", f"a {_phrase(pairs[0])}", None)]
+        steps = [
+            PlanStep(1, pairs[0][1].title(), f"Draw a {_phrase(pairs[0])}.", f"a {_phrase(pairs[0])}", None)
+        ]
         instruction = f"Draw a {_phrase(pairs[0])}"
         if len(pairs) == 2:
-            steps.append(PlanStep(2, pairs[1][1].title(), f"Add a {_phrase(pairs[1])}.", f"add a {_phrase(pairs[1])}",
-                                  None))
+            steps.append(
+                PlanStep(
+                    2, pairs[1][1].title(), f"Add a {_phrase(pairs[1])}.", f"add a {_phrase(pairs[1])}", None
+                )
+            )
             instruction += f", then add a {_phrase(pairs[1])}"
         reasoning = "One step." if len(pairs) == 1 else "Two steps."
-        examples.append(PlannerExample(instruction + ".", Plan(tuple(steps), reasoning=reasoning), [], "narrative"))
+        examples.append(
+            PlannerExample(instruction + ".", Plan(tuple(steps), reasoning=reasoning), [], "narrative")
+        )
     return examples
 
 
@@ -191,8 +206,9 @@ def _critic_step(rng: random.Random, generator: ShapesGenerator, index: int, siz
         original = f"a {_phrase(target)}"
         wrong = f"a {_phrase(_pair(rng, exclude=target))}"
     else:
-        before = generator.text_to_image(f"a {_phrase(_pair(rng, exclude=target))}", width=size, height=size,
-                                         seed=index)
+        before = generator.text_to_image(
+            f"a {_phrase(_pair(rng, exclude=target))}", width=size, height=size, seed=index
+        )
         original = f"add a {_phrase(target)}"
         wrong = f"add a {_phrase(_pair(rng, exclude=target))}"
     used = wrong if fail else original
@@ -221,12 +237,17 @@ def make_critic_examples(
         step = _critic_step(rng, generator, index, size, fail=index % 2 == 1)
         right = rng.random() < teacher_accuracy
         if step.correct:
-            verdict = (Verdict(True, step.used, "It matches.") if right
-                       else Verdict(False, f"a {_phrase(_pair(rng))}", "Wrong colour."))
+            verdict = (
+                Verdict(True, step.used, "It matches.")
+                if right
+                else Verdict(False, f"a {_phrase(_pair(rng))}", "Wrong colour.")
+            )
         elif right:
             verdict = Verdict(False, step.original, "Wrong colour.")
         else:
-            verdict = rng.choice([Verdict(True, step.used, "It matches."), Verdict(False, step.used, "Wrong colour.")])
+            verdict = rng.choice(
+                [Verdict(True, step.used, "It matches."), Verdict(False, step.used, "Wrong colour.")]
+            )
         if rng.random() >= think_share:
             verdict = Verdict(verdict.accepted, verdict.refine_prompt)
         examples.append(CriticExample(step.before, step.after, step.original, step.used, verdict))
@@ -240,10 +261,17 @@ def make_rl_examples(count: int, seed: int = 0, *, size: int = 64, fail_share: f
     examples = []
     for index in range(count):
         step = _critic_step(rng, generator, index, size, fail=rng.random() < fail_share)
-        examples.append(CriticRLExample(
-            step.before, step.after, step.original, step.used, step.correct,
-            judge.semantics(step.before, step.after, step.original), judge.quality(step.after),
-        ))
+        examples.append(
+            CriticRLExample(
+                step.before,
+                step.after,
+                step.original,
+                step.used,
+                step.correct,
+                judge.semantics(step.before, step.after, step.original),
+                judge.quality(step.after),
+            )
+        )
     return examples
 
 
@@ -262,15 +290,20 @@ def write_synthetic_sets(
     out = Path(out_dir)
     paths: dict[str, Path] = {}
     if planner:
-        paths["planner"] = write_planner_sft(out / "planner_sft.json", make_planner_examples(planner, seed, size=size),
-                                             image_dir=out / "images")
+        paths["planner"] = write_planner_sft(
+            out / "planner_sft.json",
+            make_planner_examples(planner, seed, size=size),
+            image_dir=out / "images",
+        )
     if critic:
-        examples = make_critic_examples(critic, seed, size=size, teacher_accuracy=teacher_accuracy,
-                                        think_share=think_share)
+        examples = make_critic_examples(
+            critic, seed, size=size, teacher_accuracy=teacher_accuracy, think_share=think_share
+        )
         paths["critic"] = write_critic_sft(out / "critic_sft.json", examples, image_dir=out / "images")
     if rl:
-        paths["rl"] = write_critic_rl(out / "critic_rl.jsonl", make_rl_examples(rl, seed, size=size),
-                                      image_dir=out / "images")
+        paths["rl"] = write_critic_rl(
+            out / "critic_rl.jsonl", make_rl_examples(rl, seed, size=size), image_dir=out / "images"
+        )
     return paths
 
 

@@ -143,7 +143,7 @@ class TransformersAgent:
             devices = [torch.device(self.device)] if self.device.startswith("cuda") else []
             with torch.inference_mode(), _seeded(torch, seed, devices, kwargs["do_sample"]):
                 output = self.model.generate(**inputs, **kwargs)
-            new_tokens = output[0, inputs["input_ids"].shape[1]:]
+            new_tokens = output[0, inputs["input_ids"].shape[1] :]
             return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
         finally:
             if self.memory == "offload":

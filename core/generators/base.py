@@ -23,8 +23,7 @@ class Generator(Protocol):
     name: str
     edit_route: str
 
-    def text_to_image(self, prompt: str, *, width: int, height: int, seed: int) -> Image.Image:
-        ...
+    def text_to_image(self, prompt: str, *, width: int, height: int, seed: int) -> Image.Image: ...
 
     def edit(self, before: Image.Image, prompt: str, *, seed: int) -> Image.Image:
         """The next picture from ``before`` and ``prompt``, the same size as ``before``."""

@@ -62,9 +62,13 @@ def load_graph(graph: str | Path | Mapping) -> dict:
             raise GeneratorError(f"cannot read the graph {path}: {error}") from None
     if isinstance(data, dict) and "nodes" in data and "links" in data:
         raise GeneratorError(f"{where} is in ComfyUI's UI format; save it with Export (API) instead")
-    if not isinstance(data, dict) or not data or not all(
-        isinstance(node, dict) and "class_type" in node and isinstance(node.get("inputs"), dict)
-        for node in data.values()
+    if (
+        not isinstance(data, dict)
+        or not data
+        or not all(
+            isinstance(node, dict) and "class_type" in node and isinstance(node.get("inputs"), dict)
+            for node in data.values()
+        )
     ):
         raise GeneratorError(f"{where} is not an API-format graph ({{node_id: {{class_type, inputs}}}})")
     return data
@@ -101,8 +105,10 @@ def find_output_node(graph: Mapping, chosen: str | None) -> str:
         return chosen
     found = [node_id for node_id, node in graph.items() if node["class_type"] in OUTPUT_NODES]
     if len(found) != 1:
-        raise GeneratorError(f"the graph needs exactly one SaveImage or PreviewImage node (found {len(found)}); "
-                             f"or name the output node")
+        raise GeneratorError(
+            f"the graph needs exactly one SaveImage or PreviewImage node (found {len(found)}); "
+            f"or name the output node"
+        )
     return found[0]
 
 
@@ -110,12 +116,16 @@ def _check_template(graph: Mapping, needs: set[str], what: str) -> None:
     present = placeholders(graph)
     unknown = present - KNOWN
     if unknown:
-        raise GeneratorError(f"the {what} graph has unknown placeholders: "
-                             + ", ".join("{{" + name + "}}" for name in sorted(unknown)))
+        raise GeneratorError(
+            f"the {what} graph has unknown placeholders: "
+            + ", ".join("{{" + name + "}}" for name in sorted(unknown))
+        )
     missing = needs - present
     if missing:
-        raise GeneratorError(f"the {what} graph lacks the placeholders: "
-                             + ", ".join("{{" + name + "}}" for name in sorted(missing)))
+        raise GeneratorError(
+            f"the {what} graph lacks the placeholders: "
+            + ", ".join("{{" + name + "}}" for name in sorted(missing))
+        )
 
 
 def graph_route(graph: Mapping) -> str:
@@ -181,8 +191,15 @@ class ComfyUIServerGenerator:
         **kwargs,
     ) -> ComfyUIServerGenerator:
         """Text-to-image and img2img graphs for one checkpoint file of the server (SD1.5, SDXL and the like)."""
-        text, edit = checkpoint_graphs(checkpoint, steps=steps, cfg=cfg, sampler_name=sampler_name,
-                                       scheduler=scheduler, denoise=denoise, negative_prompt=negative_prompt)
+        text, edit = checkpoint_graphs(
+            checkpoint,
+            steps=steps,
+            cfg=cfg,
+            sampler_name=sampler_name,
+            scheduler=scheduler,
+            denoise=denoise,
+            negative_prompt=negative_prompt,
+        )
         kwargs.setdefault("name", f"ComfyUI {checkpoint}")
         return cls(url, text, edit, **kwargs)
 
@@ -195,8 +212,13 @@ class ComfyUIServerGenerator:
         before = to_rgb(before)
         if self.edit_graph is None:
             return self.text_to_image(prompt, width=before.width, height=before.height, seed=seed)
-        values = {"prompt": prompt, "seed": int(seed), "width": before.width, "height": before.height,
-                  "image": self.upload(before)}
+        values = {
+            "prompt": prompt,
+            "seed": int(seed),
+            "width": before.width,
+            "height": before.height,
+            "image": self.upload(before),
+        }
         return self._fit(self._run(fill(self.edit_graph, values), self.edit_output), before.size)
 
     @staticmethod
@@ -211,12 +233,16 @@ class ComfyUIServerGenerator:
         data = buffer.getvalue()
         name = f"interleave-thinker-{hashlib.sha256(data).hexdigest()[:16]}.png"
         boundary = uuid.uuid4().hex
-        body = b"".join([
-            f'--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n'.encode(),
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            f"Content-Type: image/png\r\n\r\n".encode(), data, b"\r\n",
-            f"--{boundary}--\r\n".encode(),
-        ])
+        body = b"".join(
+            [
+                f'--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n'.encode(),
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+                f"Content-Type: image/png\r\n\r\n".encode(),
+                data,
+                b"\r\n",
+                f"--{boundary}--\r\n".encode(),
+            ]
+        )
         answer = self._request("/upload/image", body, f"multipart/form-data; boundary={boundary}")
         subfolder = answer.get("subfolder") or ""
         return f"{subfolder}/{answer['name']}" if subfolder else answer["name"]
@@ -248,7 +274,9 @@ class ComfyUIServerGenerator:
                 return history[prompt_id]
             time.sleep(self.poll_interval)
         self._cancel(prompt_id)
-        raise GeneratorError(f"ComfyUI at {self.url} did not finish prompt {prompt_id} within {self.timeout:g} s")
+        raise GeneratorError(
+            f"ComfyUI at {self.url} did not finish prompt {prompt_id} within {self.timeout:g} s"
+        )
 
     def _cancel(self, prompt_id: str) -> None:
         """Best effort: drop the prompt from the queue, or stop it if it is running."""
@@ -262,8 +290,9 @@ class ComfyUIServerGenerator:
         return self._call(urllib.request.Request(self.url + path, method="GET"), raw)
 
     def _request(self, path: str, data: bytes, content_type: str) -> dict:
-        request = urllib.request.Request(self.url + path, data=data, method="POST",
-                                         headers={"Content-Type": content_type})
+        request = urllib.request.Request(
+            self.url + path, data=data, method="POST", headers={"Content-Type": content_type}
+        )
         return self._call(request, raw=False)
 
     def _call(self, request: urllib.request.Request, raw: bool):
@@ -272,9 +301,13 @@ class ComfyUIServerGenerator:
             with urllib.request.urlopen(request, timeout=self.request_timeout) as response:
                 body = response.read()
         except urllib.error.HTTPError as error:
-            raise GeneratorError(f"ComfyUI at {endpoint} answered HTTP {error.code}: {_http_detail(error)}") from None
+            raise GeneratorError(
+                f"ComfyUI at {endpoint} answered HTTP {error.code}: {_http_detail(error)}"
+            ) from None
         except TimeoutError:
-            raise GeneratorError(f"ComfyUI at {endpoint} did not answer within {self.request_timeout:g} s") from None
+            raise GeneratorError(
+                f"ComfyUI at {endpoint} did not answer within {self.request_timeout:g} s"
+            ) from None
         except urllib.error.URLError as error:
             raise GeneratorError(f"cannot reach ComfyUI at {self.url}: {error.reason}") from None
         except OSError as error:
@@ -304,16 +337,20 @@ def _http_detail(error: urllib.error.HTTPError) -> str:
         parts.append(body["error"].get("message", ""))
     for node_id, node in (body.get("node_errors") or {}).items():
         for problem in node.get("errors", []):
-            parts.append(f"node {node_id} ({node.get('class_type', '?')}): {problem.get('message', '')}"
-                         f"{': ' + problem['details'] if problem.get('details') else ''}")
+            parts.append(
+                f"node {node_id} ({node.get('class_type', '?')}): {problem.get('message', '')}"
+                f"{': ' + problem['details'] if problem.get('details') else ''}"
+            )
     return "; ".join(part for part in parts if part)[:1000] or " ".join(text.split())[:300]
 
 
 def _failure(status: dict) -> str:
     for kind, data in status.get("messages", []):
         if kind == "execution_error":
-            return (f"{data.get('node_type', '?')} (node {data.get('node_id', '?')}) raised "
-                    f"{data.get('exception_type', 'an error')}: {data.get('exception_message', '').strip()}")
+            return (
+                f"{data.get('node_type', '?')} (node {data.get('node_id', '?')}) raised "
+                f"{data.get('exception_type', 'an error')}: {data.get('exception_message', '').strip()}"
+            )
         if kind == "execution_interrupted":
             return "the prompt was interrupted"
     return status.get("status_str") or "unknown status"
@@ -330,8 +367,16 @@ def checkpoint_graphs(
     negative_prompt: str = "",
 ) -> tuple[dict, dict]:
     """Stock text-to-image and img2img graphs (core nodes only) around one checkpoint."""
-    sampler = {"seed": "{{seed}}", "steps": steps, "cfg": cfg, "sampler_name": sampler_name,
-               "scheduler": scheduler, "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0]}
+    sampler = {
+        "seed": "{{seed}}",
+        "steps": steps,
+        "cfg": cfg,
+        "sampler_name": sampler_name,
+        "scheduler": scheduler,
+        "model": ["1", 0],
+        "positive": ["2", 0],
+        "negative": ["3", 0],
+    }
     common = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "{{prompt}}", "clip": ["1", 1]}},
@@ -341,8 +386,10 @@ def checkpoint_graphs(
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
     }
     text = copy.deepcopy(common)
-    text["4"] = {"class_type": "EmptyLatentImage", "inputs": {"width": "{{width}}", "height": "{{height}}",
-                                                             "batch_size": 1}}
+    text["4"] = {
+        "class_type": "EmptyLatentImage",
+        "inputs": {"width": "{{width}}", "height": "{{height}}", "batch_size": 1},
+    }
     text["5"] = {"class_type": "KSampler", "inputs": dict(sampler, latent_image=["4", 0], denoise=1.0)}
     edit = copy.deepcopy(common)
     edit["8"] = {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}}

@@ -53,7 +53,8 @@ class DiffusersGenerator:
         if not (folder / "model_index.json").is_file():
             raise GeneratorError(
                 f"not a diffusers pipeline folder: {folder} (expected model_index.json there)"
-                if folder.is_dir() else f"generator folder not found: {folder}"
+                if folder.is_dir()
+                else f"generator folder not found: {folder}"
             )
         if steps is not None and steps < 1:
             raise GeneratorError(f"steps must be at least 1, got {steps}")
@@ -137,7 +138,9 @@ class DiffusersGenerator:
             "output_type": "pil",
         }
         if image is not None:
-            kwargs["image"] = image.resize((w, h), Image.Resampling.LANCZOS) if image.size != (w, h) else image
+            kwargs["image"] = (
+                image.resize((w, h), Image.Resampling.LANCZOS) if image.size != (w, h) else image
+            )
             if "strength" in params:
                 kwargs["strength"] = self.strength
         if "height" in params and "width" in params:
@@ -151,9 +154,15 @@ class DiffusersGenerator:
         try:
             result = pipe(**kwargs).images[0]
         except (RuntimeError, ValueError, TypeError) as error:
-            raise GeneratorError(f"{self.name}: the {pipe.__class__.__name__} call failed: {error}") from error
+            raise GeneratorError(
+                f"{self.name}: the {pipe.__class__.__name__} call failed: {error}"
+            ) from error
         result = to_rgb(result)
-        return result if result.size == (width, height) else result.resize((width, height), Image.Resampling.LANCZOS)
+        return (
+            result
+            if result.size == (width, height)
+            else result.resize((width, height), Image.Resampling.LANCZOS)
+        )
 
     def __repr__(self) -> str:
         return f"DiffusersGenerator({str(self.path)!r}, edit_route={self.edit_route!r})"

@@ -53,8 +53,11 @@ class Run:
         return self.history.get("outputs", {}).get(node_id, {})
 
     def progress(self, node_id: str) -> list[tuple[int, int]]:
-        return [(e["data"]["value"], e["data"]["max"]) for e in self.events
-                if e.get("type") == "progress" and e["data"].get("node") == node_id]
+        return [
+            (e["data"]["value"], e["data"]["max"])
+            for e in self.events
+            if e.get("type") == "progress" and e["data"].get("node") == node_id
+        ]
 
 
 class ComfyServer:
@@ -68,18 +71,40 @@ class ComfyServer:
 
     def start(self, timeout: float = 120.0) -> float:
         command = [
-            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-            "--disable-auto-launch", "--dont-print-server", "--base-directory", str(self.base),
-            "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
+            sys.executable,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-auto-launch",
+            "--dont-print-server",
+            "--base-directory",
+            str(self.base),
+            "--disable-api-nodes",
+            "--database-url",
+            "sqlite:///:memory:",
         ]
         # One CPU thread: tiny models gain nothing from a thread team, and a team spinning beside other busy
         # processes on a small machine made every prompt ten times slower.
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
-                   OMP_NUM_THREADS="1")
+        env = dict(
+            os.environ,
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            PYTHONUNBUFFERED="1",
+            OMP_NUM_THREADS="1",
+        )
         started = time.monotonic()
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=env, start_new_session=True)
+        self.process = subprocess.Popen(
+            command,
+            cwd=self.comfyui,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log()[-4000:]}")
@@ -125,8 +150,12 @@ class ComfyServer:
             return response.read()
 
     def post(self, path: str, payload: dict, timeout: float = 30):
-        request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+        request = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 body = response.read()
@@ -191,11 +220,17 @@ class ComfyServer:
         parts = [
             f'--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n'.encode(),
             f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            f"Content-Type: image/png\r\n\r\n".encode() + buffer.getvalue() + b"\r\n",
+            f"Content-Type: image/png\r\n\r\n".encode()
+            + buffer.getvalue()
+            + b"\r\n",
             f"--{boundary}--\r\n".encode(),
         ]
-        request = urllib.request.Request(self.url + "/upload/image", data=b"".join(parts), method="POST",
-                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        request = urllib.request.Request(
+            self.url + "/upload/image",
+            data=b"".join(parts),
+            method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())["name"]
 

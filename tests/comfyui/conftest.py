@@ -39,9 +39,20 @@ def comfy_base(comfyui_path, tmp_path_factory) -> Path:
     for sub in ("custom_nodes", "input", "output", "models/LLM"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / PACK_NAME).symlink_to(PACK, target_is_directory=True)
-    subprocess.run([sys.executable, str(HERE / "tiny_models.py"), "--comfyui", str(comfyui_path),
-                    "--models", str(base / "models")], check=True, capture_output=True, timeout=600,
-                   env=dict(os.environ, OMP_NUM_THREADS="1"))  # faster on small machines, as for the server
+    subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "tiny_models.py"),
+            "--comfyui",
+            str(comfyui_path),
+            "--models",
+            str(base / "models"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # faster on small machines, as for the server
     build_tiny_agent(base / "models" / "LLM" / TINY_AGENT)
     return base
 

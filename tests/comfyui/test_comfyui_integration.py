@@ -29,8 +29,12 @@ from interleave_thinker.nodes.agent_nodes import ENDPOINT, LOCAL, OFFLOAD
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
-SD15, FLUX, CLIP_L, TAEF1 = ("tiny_sd15.safetensors", "tiny_flux.safetensors", "tiny_clip_l.safetensors",
-                             "tiny_taef1.safetensors")
+SD15, FLUX, CLIP_L, TAEF1 = (
+    "tiny_sd15.safetensors",
+    "tiny_flux.safetensors",
+    "tiny_clip_l.safetensors",
+    "tiny_taef1.safetensors",
+)
 LOOP, PLANNER, SAVE = "20", "10", "30"  # node ids shared by the story workflows
 
 
@@ -43,8 +47,9 @@ def use_endpoint(graph: dict, node_id: str, server: ChatServer) -> None:
 
 
 def use_tiny_agent(graph: dict, node_id: str) -> None:
-    graph[node_id]["inputs"].update(backend=LOCAL, model=TINY_AGENT, device="cpu", dtype="fp32",
-                                    memory=OFFLOAD, max_new_tokens=8)
+    graph[node_id]["inputs"].update(
+        backend=LOCAL, model=TINY_AGENT, device="cpu", dtype="fp32", memory=OFFLOAD, max_new_tokens=8
+    )
 
 
 def tiny_loop(graph: dict, **extra) -> None:
@@ -85,8 +90,11 @@ def looks_like_a_picture(image: Image.Image) -> bool:
 
 
 def image_parts(request: dict) -> int:
-    return sum(part.get("type") == "image_url" for message in request["messages"]
-               for part in (message["content"] if isinstance(message["content"], list) else []))
+    return sum(
+        part.get("type") == "image_url"
+        for message in request["messages"]
+        for part in (message["content"] if isinstance(message["content"], list) else [])
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -96,8 +104,9 @@ def live_specs(object_info: dict) -> dict:
     """Node specs from the server, with file lists and self-validated combos treated as the unit tests do."""
     specs = {}
     for name, info in object_info.items():
-        spec = wf.spec_from_declaration(info["input"], info["output"], info.get("output_is_list", ()),
-                                        order=info.get("input_order"))
+        spec = wf.spec_from_declaration(
+            info["input"], info["output"], info.get("output_is_list", ()), order=info.get("input_order")
+        )
         if name in wf.CORE_SPECS:
             files = {n for n, kind, _ in wf.core_specs()[name].inputs if kind == wf.FILES}
             spec.inputs = [(n, wf.FILES if n in files else kind, o) for n, kind, o in spec.inputs]
@@ -113,7 +122,9 @@ def test_the_pack_loads_and_every_workflow_matches_the_live_nodes(comfy_server):
         assert info[name]["display_name"] == title and info[name]["category"] == "InterleaveThinker"
     # The hand-kept core specs of the unit tests are the server's own.
     for name in wf.CORE_SPECS:
-        live = wf.spec_from_declaration(info[name]["input"], info[name]["output"], order=info[name]["input_order"])
+        live = wf.spec_from_declaration(
+            info[name]["input"], info[name]["output"], order=info[name]["input_order"]
+        )
         kept = wf.core_specs()[name]
         assert live.names == kept.names and live.outputs == kept.outputs, name
         for (input_name, kind, options), (_, live_kind, live_options) in zip(kept.inputs, live.inputs):
@@ -138,10 +149,16 @@ def test_the_pack_loads_and_every_workflow_matches_the_live_nodes(comfy_server):
 
 
 def test_sd15_story_by_img2img_with_planner_and_critic(comfy_server, comfy_base):
-    verdicts = [verdict_text(False, "a cat, sharper"), verdict_text(True, think="good cat"),
-                verdict_text(False, "a cat in a red hat"), verdict_text(True)]
-    with ChatServer(lambda body, n: plan_text("a cat", "add a hat")) as planner, \
-            ChatServer(lambda body, n: verdicts[min(n, 3)]) as critic:
+    verdicts = [
+        verdict_text(False, "a cat, sharper"),
+        verdict_text(True, think="good cat"),
+        verdict_text(False, "a cat in a red hat"),
+        verdict_text(True),
+    ]
+    with (
+        ChatServer(lambda body, n: plan_text("a cat", "add a hat")) as planner,
+        ChatServer(lambda body, n: verdicts[min(n, 3)]) as critic,
+    ):
         graph = sd15_story(planner, critic, "it_sd15/story")
         run = comfy_server.run(graph)
         assert run.status == "success", run.history["status"]
@@ -149,14 +166,25 @@ def test_sd15_story_by_img2img_with_planner_and_critic(comfy_server, comfy_base)
         folder = saved_folder(run, comfy_base)
         board = storyboard(folder)
         assert folder.name == "story_00001" and board["mode"] == "narrative"
-        assert board["settings"]["edit_route"] == "img2img" and board["settings"]["generator"] == "ComfyUI SD15"
+        assert (
+            board["settings"]["edit_route"] == "img2img" and board["settings"]["generator"] == "ComfyUI SD15"
+        )
         assert [[a["route"] for a in s["attempts"]] for s in board["steps"]] == [
-            ["text-to-image", "text-to-image"], ["img2img", "img2img"]]
-        assert [[a["status"] for a in s["attempts"]] for s in board["steps"]] == [["rejected", "accepted"]] * 2
+            ["text-to-image", "text-to-image"],
+            ["img2img", "img2img"],
+        ]
+        assert [[a["status"] for a in s["attempts"]] for s in board["steps"]] == [
+            ["rejected", "accepted"]
+        ] * 2
         assert board["steps"][0]["attempts"][1]["prompt"] == "a cat, sharper"
         assert board["steps"][0]["attempts"][1]["verdict"]["reasoning"] == "good cat"
-        for name in ("index.html", "story.md", "steps/step-01.png", "steps/step-02.png",
-                     "attempts/step-02-attempt-2.png"):
+        for name in (
+            "index.html",
+            "story.md",
+            "steps/step-01.png",
+            "steps/step-02.png",
+            "attempts/step-02-attempt-2.png",
+        ):
             assert (folder / name).is_file(), name
         assert "do add a hat" in (folder / "story.md").read_text()
         assert run.outputs(SAVE)["text"] == ["do a cat\n\ndo add a hat"]
@@ -179,7 +207,10 @@ def test_sd15_story_by_img2img_with_planner_and_critic(comfy_server, comfy_base)
         reseeded = comfy_server.run(graph)
         assert reseeded.status == "success" and len(planner.requests) == 1 and len(critic.requests) > 4
         new = storyboard(saved_folder(reseeded, comfy_base))
-        assert new["seed"] == 1 and new["steps"][0]["attempts"][0]["seed"] != board["steps"][0]["attempts"][0]["seed"]
+        assert (
+            new["seed"] == 1
+            and new["steps"][0]["attempts"][0]["seed"] != board["steps"][0]["attempts"][0]["seed"]
+        )
 
 
 def flux_story(planner: ChatServer, image_name: str, prefix: str) -> dict:
@@ -203,12 +234,17 @@ def test_flux_reference_route_follows_the_before_image(comfy_server, comfy_base)
     with ChatServer(lambda body, n: plan_text("make it night")) as planner:
         red = comfy_server.run(flux_story(planner, first, "it_flux/red"), timeout=300)
         blue = comfy_server.run(flux_story(planner, second, "it_flux/blue"), timeout=300)
-    assert red.status == "success" and blue.status == "success", (red.history["status"], blue.history["status"])
+    assert red.status == "success" and blue.status == "success", (
+        red.history["status"],
+        blue.history["status"],
+    )
     boards = [storyboard(saved_folder(run, comfy_base)) for run in (red, blue)]
     for board in boards:
         assert board["mode"] == "guidance" and board["settings"]["edit_route"] == "reference"
         assert board["settings"]["generator"] == "ComfyUI Flux"
-        assert [[a["route"], a["status"]] for a in board["steps"][0]["attempts"]] == [["reference", "unchecked"]]
+        assert [[a["route"], a["status"]] for a in board["steps"][0]["attempts"]] == [
+            ["reference", "unchecked"]
+        ]
         assert board["inputs"] == ["inputs/input-01.png"]
     pictures = [comfy_server.view(run.outputs(SAVE)["images"][0]) for run in (red, blue)]
     assert all(looks_like_a_picture(picture) for picture in pictures)
@@ -275,7 +311,10 @@ def test_interrupt_stops_the_loop_before_its_next_model_call(comfy_server, comfy
         time.sleep(1.0)
         return verdict_text(False, f"try {n}")
 
-    with ChatServer(lambda body, n: plan_text("a cat", "add a hat")) as planner, ChatServer(slow_critic) as critic:
+    with (
+        ChatServer(lambda body, n: plan_text("a cat", "add a hat")) as planner,
+        ChatServer(slow_critic) as critic,
+    ):
         graph = sd15_story(planner, critic, "it_interrupt/story", max_attempts=3)
         prompt_id = comfy_server.submit(graph)
         deadline = time.monotonic() + 120
@@ -306,7 +345,8 @@ def test_a_missing_model_folder_is_reported_on_the_node(comfy_server, comfy_base
 
 
 def test_a_planner_that_never_plans_and_an_unreachable_endpoint_fail_in_plain_words(
-        comfy_server, comfy_base, server_errors_expected):
+    comfy_server, comfy_base, server_errors_expected
+):
     graph = sd15_story(None, None, "it_errors/story")
     use_tiny_agent(graph, "1")
     run = comfy_server.run(graph)
@@ -339,21 +379,45 @@ def flux_reference_graphs() -> tuple[dict, dict]:
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["3", 0]}},
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
     }
-    sampler = {"seed": "{{seed}}", "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-               "denoise": 1.0, "model": ["1", 0], "negative": ["4", 0]}
-    text = dict(copy.deepcopy(loaders), **{
-        "8": {"class_type": "EmptySD3LatentImage", "inputs": {"width": "{{width}}", "height": "{{height}}",
-                                                             "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": dict(sampler, positive=["4", 0], latent_image=["8", 0])},
-    })
-    edit = dict(copy.deepcopy(loaders), **{
-        "8": {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}},
-        "9": {"class_type": "VAEEncode", "inputs": {"pixels": ["8", 0], "vae": ["3", 0]}},
-        "10": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["4", 0], "latent": ["9", 0]}},
-        "11": {"class_type": "EmptySD3LatentImage", "inputs": {"width": "{{width}}", "height": "{{height}}",
-                                                              "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": dict(sampler, positive=["10", 0], latent_image=["11", 0])},
-    })
+    sampler = {
+        "seed": "{{seed}}",
+        "steps": 2,
+        "cfg": 1.0,
+        "sampler_name": "euler",
+        "scheduler": "simple",
+        "denoise": 1.0,
+        "model": ["1", 0],
+        "negative": ["4", 0],
+    }
+    text = dict(
+        copy.deepcopy(loaders),
+        **{
+            "8": {
+                "class_type": "EmptySD3LatentImage",
+                "inputs": {"width": "{{width}}", "height": "{{height}}", "batch_size": 1},
+            },
+            "5": {
+                "class_type": "KSampler",
+                "inputs": dict(sampler, positive=["4", 0], latent_image=["8", 0]),
+            },
+        },
+    )
+    edit = dict(
+        copy.deepcopy(loaders),
+        **{
+            "8": {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}},
+            "9": {"class_type": "VAEEncode", "inputs": {"pixels": ["8", 0], "vae": ["3", 0]}},
+            "10": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["4", 0], "latent": ["9", 0]}},
+            "11": {
+                "class_type": "EmptySD3LatentImage",
+                "inputs": {"width": "{{width}}", "height": "{{height}}", "batch_size": 1},
+            },
+            "5": {
+                "class_type": "KSampler",
+                "inputs": dict(sampler, positive=["10", 0], latent_image=["11", 0]),
+            },
+        },
+    )
     return text, edit
 
 
@@ -362,16 +426,24 @@ def test_comfyui_server_generator_drives_the_real_server(comfy_server):
     assert generator.edit_route == "img2img"
     first = generator.text_to_image("a cat", width=64, height=64, seed=11)
     assert first.size == (64, 64) and looks_like_a_picture(first)
-    assert np.array_equal(pixels(first), pixels(generator.text_to_image("a cat", width=64, height=64, seed=11)))
-    assert not np.array_equal(pixels(first), pixels(generator.text_to_image("a cat", width=64, height=64,
-                                                                            seed=12)))
+    assert np.array_equal(
+        pixels(first), pixels(generator.text_to_image("a cat", width=64, height=64, seed=11))
+    )
+    assert not np.array_equal(
+        pixels(first), pixels(generator.text_to_image("a cat", width=64, height=64, seed=12))
+    )
     red = generator.edit(Image.new("RGB", (64, 64), (220, 30, 30)), "a cat", seed=3)
     blue = generator.edit(Image.new("RGB", (64, 64), (30, 30, 220)), "a cat", seed=3)
     assert red.size == (64, 64) and not np.array_equal(pixels(red), pixels(blue))
 
     # The engine's loop, unchanged, with ComfyUI as its generator.
-    board = run_story("a cat story", ScriptedAgent([plan_text("a cat", "add a hat")]), generator,
-                      ScriptedAgent([verdict_text(True)]), config=LoopConfig(width=64, height=64, seed=2))
+    board = run_story(
+        "a cat story",
+        ScriptedAgent([plan_text("a cat", "add a hat")]),
+        generator,
+        ScriptedAgent([verdict_text(True)]),
+        config=LoopConfig(width=64, height=64, seed=2),
+    )
     assert [[a.route for a in step.attempts] for step in board.steps] == [["text-to-image"], ["img2img"]]
     assert board.settings["generator"] == f"ComfyUI {SD15}"
 
@@ -383,6 +455,7 @@ def test_comfyui_server_generator_drives_the_real_server(comfy_server):
     assert not np.array_equal(pixels(red), pixels(blue))
 
     missing = ComfyUIServerGenerator.for_checkpoint(comfy_server.url, "missing.safetensors")
-    with pytest.raises(GeneratorError, match=rf"{comfy_server.url}/prompt answered HTTP 400: .*missing.safetensors"):
+    with pytest.raises(
+        GeneratorError, match=rf"{comfy_server.url}/prompt answered HTTP 400: .*missing.safetensors"
+    ):
         missing.text_to_image("a cat", width=64, height=64, seed=0)
-

@@ -106,11 +106,23 @@ def sd15_unet_state(seed: int) -> dict:
     import comfy.supported_models
 
     unet_config = {
-        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
-        "adm_in_channels": None, "in_channels": 4, "out_channels": 4, "model_channels": 320,
-        "num_res_blocks": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
-        "channel_mult": [1], "transformer_depth_middle": -2, "use_linear_in_transformer": False,
-        "context_dim": 768, "use_temporal_resblock": False, "use_temporal_attention": False,
+        "use_checkpoint": False,
+        "image_size": 32,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "in_channels": 4,
+        "out_channels": 4,
+        "model_channels": 320,
+        "num_res_blocks": [1],
+        "transformer_depth": [1],
+        "transformer_depth_output": [1, 1],
+        "channel_mult": [1],
+        "transformer_depth_middle": -2,
+        "use_linear_in_transformer": False,
+        "context_dim": 768,
+        "use_temporal_resblock": False,
+        "use_temporal_attention": False,
     }
     model_config = comfy.supported_models.SD15(unet_config)
     model_config.set_inference_dtype(torch.float32, None)
@@ -125,9 +137,20 @@ def flux_state(seed: int) -> dict:
     import comfy.supported_models
 
     unet_config = {
-        "image_model": "flux", "in_channels": 16, "patch_size": 2, "out_channels": 16, "vec_in_dim": 2048,
-        "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "depth": 1,
-        "depth_single_blocks": 0, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
+        "image_model": "flux",
+        "in_channels": 16,
+        "patch_size": 2,
+        "out_channels": 16,
+        "vec_in_dim": 2048,
+        "context_in_dim": 4096,
+        "hidden_size": 3072,
+        "mlp_ratio": 4.0,
+        "num_heads": 24,
+        "depth": 1,
+        "depth_single_blocks": 0,
+        "axes_dim": [16, 56, 56],
+        "theta": 10000,
+        "qkv_bias": True,
         "guidance_embed": True,
     }
     model_config = comfy.supported_models.Flux(unet_config)
@@ -155,8 +178,13 @@ def build(models: Path, seed: int = 0, flux: bool = True) -> list[Path]:
     checkpoint = dict(unet)
     checkpoint.update({f"first_stage_model.{k}": v for k, v in taesd_state(4, seed + 1).items()})
     clip = clip_l_state(seed + 2)
-    checkpoint.update({f"cond_stage_model.transformer.{k}": v for k, v in clip.items()
-                       if not k.startswith("text_projection")})
+    checkpoint.update(
+        {
+            f"cond_stage_model.transformer.{k}": v
+            for k, v in clip.items()
+            if not k.startswith("text_projection")
+        }
+    )
     path = models / "checkpoints" / SD15_CHECKPOINT
     _save(checkpoint, path, torch.float16)
     written.append(path)
