@@ -14,9 +14,10 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_BACKEND, EXIT_PLAN, EXIT_BATCH, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 # A plan longer than this is a runaway generation, not a story.
 MAX_PLAN_STEPS = 64
@@ -101,11 +102,11 @@ class Plan:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, data: Any, reasoning: str = "", max_steps: int = MAX_PLAN_STEPS) -> "Plan":
+    def from_dict(cls, data: Any, reasoning: str = "", max_steps: int = MAX_PLAN_STEPS) -> Plan:
         return _validate_plan(data, reasoning=reasoning, max_steps=max_steps, text=_safe_dump(data))
 
     @classmethod
-    def single_step(cls, instruction: str) -> "Plan":
+    def single_step(cls, instruction: str) -> Plan:
         """The fallback plan: the instruction itself as one text-to-image step."""
         instruction = instruction.strip()
         return cls((PlanStep(1, "Result", instruction, instruction, None),))

@@ -217,7 +217,7 @@ class Storyboard:
         (root / "story.md").write_text(render_markdown(self), encoding="utf-8")
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Storyboard":
+    def load(cls, folder: str | Path) -> Storyboard:
         folder = Path(folder)
         path = folder / FILENAME
         try:

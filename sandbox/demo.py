@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from ..core.agents.base import Agent
 from ..core.storyboard import Storyboard

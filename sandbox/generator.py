@@ -46,7 +46,7 @@ class FailureModel:
                 raise ValueError(f"FailureModel.{name} must be a probability in [0, 1], got {value}")
 
     @classmethod
-    def perfect(cls) -> "FailureModel":
+    def perfect(cls) -> FailureModel:
         return cls(0.0, 0.0, 0.0, 0.0, 0.0)
 
 

@@ -15,8 +15,8 @@ the SFT targets, and the upper bound the shipped agents are measured against (``
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 from PIL import Image
 

@@ -12,9 +12,10 @@ local VLM folder or an OpenAI-compatible endpoint) asked one rubric at a time.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Protocol
 
 from PIL import Image
 

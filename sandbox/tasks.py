@@ -16,9 +16,9 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from PIL import Image
 
@@ -97,7 +97,7 @@ class Task:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Task":
+    def from_dict(cls, data: dict) -> Task:
         try:
             return cls(
                 id=str(data["id"]),

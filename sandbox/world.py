@@ -8,9 +8,9 @@ from the image alone, as it would have to from any generator.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -73,7 +73,7 @@ class Scene:
         object.__setattr__(self, "cells", cells)
 
     @classmethod
-    def of(cls, placed: dict[str, Obj]) -> "Scene":
+    def of(cls, placed: dict[str, Obj]) -> Scene:
         """A scene from {place name: object}."""
         cells: list = [None] * (GRID * GRID)
         for place, obj in placed.items():
@@ -83,7 +83,7 @@ class Scene:
     def __getitem__(self, index: int):
         return self.cells[index]
 
-    def with_cell(self, index: int, value) -> "Scene":
+    def with_cell(self, index: int, value) -> Scene:
         cells = list(self.cells)
         cells[index] = value
         return Scene(tuple(cells))
@@ -104,7 +104,7 @@ class Scene:
         return {PLACES[i]: {"shape": o.shape, "colour": o.colour, "size": o.size} for i, o in self.objects()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Scene":
+    def from_dict(cls, data: dict) -> Scene:
         return cls.of({place: Obj(**obj) for place, obj in data.items()})
 
     def describe(self) -> str:

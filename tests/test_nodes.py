@@ -11,11 +11,11 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 import types
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from helpers import ChatServer, ScriptedAgent, free_port, plan_text, verdict_text
 from PIL import Image

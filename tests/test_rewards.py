@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from helpers import ScriptedAgent
 
 from interleave_thinker.core.messages import white_canvas
 from interleave_thinker.training.judge import AgentJudge
@@ -19,8 +20,6 @@ from interleave_thinker.training.rewards import (
     improvement,
 )
 from interleave_thinker.training.synthetic import RuleJudge, ShapesGenerator
-
-from helpers import ScriptedAgent
 
 WHITE = white_canvas(64, 64)
 # The step asked for a red circle; the rejected picture drew a blue one (the rule judge gave it 0 and 9).

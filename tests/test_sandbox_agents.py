@@ -4,6 +4,8 @@ import json
 
 import pytest
 from helpers import ScriptedAgent, verdict_text
+from PIL import Image
+
 from interleave_thinker.core.loop import LoopConfig, run_story
 from interleave_thinker.core.messages import critic_messages, planner_messages
 from interleave_thinker.core.protocol import parse_plan, parse_verdict
@@ -20,7 +22,6 @@ from interleave_thinker.sandbox.tasks import (
     save_tasks,
 )
 from interleave_thinker.sandbox.world import EMPTY, Obj, Scene, read, render
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

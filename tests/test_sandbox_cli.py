@@ -7,6 +7,7 @@ import time
 
 import pytest
 from helpers import ChatServer
+
 from interleave_thinker.core.cli import main
 from interleave_thinker.core.storyboard import UNCHECKED, Storyboard
 from interleave_thinker.sandbox.judge import judge_step

@@ -6,6 +6,8 @@ import random
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from interleave_thinker.core.generators.base import Generator
 from interleave_thinker.sandbox.generator import FailureModel, SandboxGenerator
 from interleave_thinker.sandbox.judge import SandboxJudge, judge_step
@@ -31,7 +33,6 @@ from interleave_thinker.sandbox.world import (
     read,
     render,
 )
-from PIL import Image
 
 RED_CIRCLE = Obj("circle", "red", "large")
 BLUE_SQUARE = Obj("square", "blue", "small")

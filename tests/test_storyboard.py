@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from helpers import PaintGenerator, ScriptedAgent, pixels, plan_text, verdict_text
+from helpers import PaintGenerator, ScriptedAgent, pixels, verdict_text
 from PIL import Image
 
 from interleave_thinker.core.loop import LoopConfig, run_story

@@ -1,6 +1,7 @@
 """The tiny agents' build options that let a model of a million parameters learn the sandbox on a CPU."""
 
 import pytest
+
 from interleave_thinker.core.messages import critic_messages
 from interleave_thinker.sandbox.world import EMPTY, Obj, Scene, render
 

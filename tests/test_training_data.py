@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import ScriptedAgent, plan_text, verdict_text
 from PIL import Image
 
 from interleave_thinker.core.loop import LoopConfig, run_story
@@ -36,8 +37,6 @@ from interleave_thinker.training.synthetic import (
     make_planner_examples,
     make_rl_examples,
 )
-
-from helpers import ScriptedAgent, plan_text, verdict_text
 
 
 def pixels(path_or_image):

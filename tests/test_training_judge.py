@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import ChatServer, ScriptedAgent
 from PIL import Image
 
 from interleave_thinker.core.agents.openai_agent import OpenAIAgent
@@ -14,8 +15,6 @@ from interleave_thinker.training.judge import (
     load_judge,
     parse_scores,
 )
-
-from helpers import ChatServer, ScriptedAgent
 
 BEFORE = Image.new("RGB", (64, 64), "white")
 AFTER = Image.new("RGB", (64, 64), "red")

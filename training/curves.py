@@ -6,8 +6,9 @@ import json
 import math
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from transformers import TrainerCallback
 

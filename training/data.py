@@ -28,9 +28,10 @@ import math
 import os
 import re
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+from typing import Any, Union
 
 from PIL import Image
 
@@ -132,7 +133,7 @@ class DataReport:
     resized_images: int = 0
     files: list[str] = field(default_factory=list)
 
-    def merge(self, other: "DataReport") -> "DataReport":
+    def merge(self, other: DataReport) -> DataReport:
         self.rows += other.rows
         self.kept += other.kept
         self.bad += other.bad

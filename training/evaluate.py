@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from ..core.protocol import ProtocolError, parse_plan, parse_verdict
 from .data import CRITIC, PLANNER, CriticExample, PlannerExample, SFTRows, Templates
@@ -44,7 +44,6 @@ def generate(
 ) -> list[str]:
     """Greedy answers to ``conversations`` (engine messages with images inline), a batch at a time."""
     import torch
-
     import transformers
     from packaging.version import Version
 

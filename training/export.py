@@ -18,9 +18,10 @@ import re
 import shutil
 import sys
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..core.storyboard import replace_folder
 from .config import code_version

@@ -26,9 +26,10 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import config as cfg
 from .data import CriticRLRows, DataError, DataReport, Templates

@@ -17,8 +17,9 @@ import json
 import math
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 

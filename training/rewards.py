@@ -31,10 +31,11 @@ import os
 import re
 import uuid
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -60,7 +61,7 @@ class RewardWeights:
     quality: float = 0.1
 
     @classmethod
-    def from_dict(cls, data: dict[str, float] | None) -> "RewardWeights":
+    def from_dict(cls, data: dict[str, float] | None) -> RewardWeights:
         data = dict(data or {})
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known

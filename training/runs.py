@@ -8,9 +8,10 @@ import os
 import random
 import shutil
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import config as cfg
 from .data import DataError, DataReport, SFTRows, Templates

@@ -10,7 +10,8 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..messages import Message
 from .base import AgentError, Decoding
@@ -121,7 +122,7 @@ class OpenAIAgent:
                     raise AgentError(f"{self.url} refused the request ({last}); check the API key") from None
                 if error.code not in RETRY_STATUS:
                     raise AgentError(f"{self.url} answered {last}") from None
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 last = f"no answer within {self.timeout:g} s"
             except urllib.error.URLError as error:
                 reason = error.reason

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_workflows as wf
 from client import PACK_NAME, TINY_AGENT, PromptRejected
 from helpers import ChatServer, ScriptedAgent, free_port, plan_text, verdict_text
 from PIL import Image
 
-import test_workflows as wf
 from interleave_thinker import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from interleave_thinker.core.generators import GeneratorError
 from interleave_thinker.core.generators.comfyui_server import ComfyUIServerGenerator

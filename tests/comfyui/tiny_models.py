@@ -64,10 +64,9 @@ def _save(state: dict, path: Path, dtype) -> None:
 
 def clip_l_state(seed: int) -> dict:
     """ComfyUI's CLIP-L text model (the one SD1.5 and SD3/Flux loaders build) with its projection."""
-    import torch
-
     import comfy.clip_model
     import comfy.ops
+    import torch
 
     config = json.loads((Path(comfy.clip_model.__file__).parent / "sd1_clip_config.json").read_text())
     model = comfy.clip_model.CLIPTextModel(config, torch.float32, "cpu", comfy.ops.disable_weight_init)
@@ -79,9 +78,8 @@ def clip_l_state(seed: int) -> dict:
 
 
 def taesd_state(latent_channels: int, seed: int) -> dict:
-    import torch
-
     import comfy.taesd.taesd
+    import torch
 
     model = comfy.taesd.taesd.TAESD(latent_channels=latent_channels)
     _init_weights(model, seed)
@@ -101,9 +99,8 @@ def taesd_state(latent_channels: int, seed: int) -> dict:
 
 
 def sd15_unet_state(seed: int) -> dict:
-    import torch
-
     import comfy.supported_models
+    import torch
 
     unet_config = {
         "use_checkpoint": False,
@@ -132,9 +129,8 @@ def sd15_unet_state(seed: int) -> dict:
 
 
 def flux_state(seed: int) -> dict:
-    import torch
-
     import comfy.supported_models
+    import torch
 
     unet_config = {
         "image_model": "flux",
