@@ -15,28 +15,47 @@ from __future__ import annotations
 import ast
 import json
 import re
+import reprlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import InterleaveThinkerError
 
 # A plan longer than this is a runaway generation, not a story.
 MAX_PLAN_STEPS = 64
-# Parsing is linear in the text, but there is no reason to feed megabytes of garbage to the repair pass.
+# Only this much of an output is examined: 32768 new tokens (the agents' upper bound) fit, a runaway loop of
+# megabytes does not. Every pass below is linear in it.
 MAX_PARSE_CHARS = 200_000
+# A plan nests 3 levels ({"execution_plan": [{...}]}), a verdict 1. The Python-literal and repair passes
+# recurse per level (the repair library's time grows with the square of the depth and explodes near the
+# recursion limit; ast raises MemoryError or RecursionError), so deeper text is refused before either sees it.
+MAX_NESTING = 32
+# The repair pass is pure Python: up to ~20 microseconds a character on garbage, where strict JSON and
+# literal_eval take well under one on a real answer. This fits a full 64-step plan at ~500 characters a step.
+MAX_REPAIR_CHARS = 32_000
 
 PLAN_KEYS = ("step_number", "step_name", "instruction", "prompt", "auxiliary_text")
 VERDICT_SUCCESS_KEYS = ("previous_step_success", "success")
 VERDICT_PROMPT_KEYS = ("refine_prompt", "refined_prompt")
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_ANSWER_OPEN_RE = re.compile(r"<answer>", re.IGNORECASE)
-_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
-_FENCE_RE = re.compile(r"```(?:json|python)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+# Tags and fences are located by one left-to-right pass over fixed strings. Lazy patterns such as
+# "<answer>(.*?)</answer>" rescan to the end of the text from every unclosed opening tag: quadratic on
+# looping output.
+_TAG_RE = re.compile(r"<(/?)(answer|think)>", re.IGNORECASE)
+_THINK_CLOSE_RE = re.compile(r"</think>", re.IGNORECASE)
+_FENCE = "```"
+_FENCE_LANGUAGE_RE = re.compile(r"(?:json|python)?\s*", re.IGNORECASE)
+# For the nesting check: brackets, and quoted strings (one not closed on its line ends there, its closing
+# group empty).
+_NOT_BRACKET_RE = re.compile(r"[^\[\](){}]+")
+_ONE_BRACKET_KIND = str.maketrans("[{]}", "(())")
+_STRING_RE = re.compile(r""""[^"\\\n]*(?:\\.[^"\\\n]*)*("?)|'[^'\\\n]*(?:\\.[^'\\\n]*)*('?)""")
 # A field that itself holds a serialised plan: the degenerate output the official guard looks for.
 _SERIALISED_STEP_RE = re.compile(r"""['"]step_number['"]\s*:""")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(InterleaveThinkerError, ValueError):
     """Agent output that is not a valid plan or verdict. ``excerpt`` is a short piece of the offending text."""
 
     def __init__(self, what: str, reason: str, text: str = ""):
@@ -50,7 +69,8 @@ class ProtocolError(ValueError):
 
 
 def excerpt(text: str, limit: int = 160) -> str:
-    text = " ".join(str(text).split())
+    # Only the head is needed: collapsing the whitespace of a whole runaway output costs more than parsing it.
+    text = " ".join(str(text).lstrip()[: limit * 4].split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -170,55 +190,163 @@ def parse_answer(text: str, what: str = "answer") -> AgentAnswer:
     if not isinstance(text, str):
         raise ProtocolError(what, f"expected text, got {type(text).__name__}")
     text = text[:MAX_PARSE_CHARS]
-    think = _THINK_RE.search(text)
-    reasoning = think.group(1).strip() if think else ""
-    blocks = _ANSWER_RE.findall(text)
-    if blocks:
-        body = blocks[-1]
-    elif opened := list(_ANSWER_OPEN_RE.finditer(text)):
-        body = text[opened[-1].end() :]  # an answer cut off by the token limit
+    tags = _scan_tags(text)
+    reasoning = text[slice(*tags.first_think)].strip() if tags.first_think else ""
+    if tags.last_answer:  # only the last block is parsed, however many a looping output holds
+        body = text[slice(*tags.last_answer)]
+    elif tags.last_answer_open is not None:
+        body = text[tags.last_answer_open :]  # an answer cut off by the token limit
     else:
-        body = _THINK_RE.sub("", text)
-        if not reasoning and "</think>" in body.lower():  # template put <think> in the prompt
-            head, _, body = body.partition("</think>")
-            reasoning = head.strip()
-    body = body.strip()
-    fenced = _FENCE_RE.search(body)
-    if fenced:
-        body = fenced.group(1).strip()
+        body = _without_spans(text, tags.think_blocks)
+        close = None if reasoning else _THINK_CLOSE_RE.search(body)
+        if close:  # the template put <think> in the prompt: everything before </think> is reasoning
+            reasoning = body[: close.start()].strip()
+            body = body[close.end() :]
+    body = _unfence(body.strip())
     if not body:
         raise ProtocolError(what, "no answer found", text)
     data = _load_object(body)
+    if data is _TOO_DEEP:
+        raise ProtocolError(what, f"the answer nests deeper than {MAX_NESTING} levels", text)
+    if data is _TOO_LONG:
+        reason = "the answer is not a JSON or Python object, and too long to repair"
+        raise ProtocolError(what, f"{reason} (over {MAX_REPAIR_CHARS:,} characters)", text)
     if data is _MISSING:
         raise ProtocolError(what, "the answer is not a JSON or Python object", text)
     return AgentAnswer(reasoning=reasoning, data=data)
 
 
 _MISSING: Any = object()
+_TOO_DEEP: Any = object()
+_TOO_LONG: Any = object()
+
+
+@dataclass
+class _Tags:
+    """Where the tags are, read as the lazy patterns read them: a block runs from an opening tag to the first
+    closing tag after it, and the next block starts after that. Spans are (start, end) of the content."""
+
+    first_think: tuple[int, int] | None = None
+    think_blocks: list[tuple[int, int]] = field(default_factory=list)  # whole blocks, tags included
+    last_answer: tuple[int, int] | None = None
+    last_answer_open: int | None = None  # end of the last <answer> tag
+
+
+def _scan_tags(text: str) -> _Tags:
+    tags = _Tags()
+    think_open = answer_open = None
+    for match in _TAG_RE.finditer(text):
+        closing, name = match.group(1), match.group(2).lower()
+        if name == "answer":
+            if not closing:
+                tags.last_answer_open = match.end()
+                if answer_open is None:
+                    answer_open = match.end()
+            elif answer_open is not None:
+                tags.last_answer = (answer_open, match.start())
+                answer_open = None
+        elif not closing:
+            if think_open is None:
+                think_open = match
+        elif think_open is not None:
+            if tags.first_think is None:
+                tags.first_think = (think_open.end(), match.start())
+            tags.think_blocks.append((think_open.start(), match.end()))
+            think_open = None
+    return tags
+
+
+def _without_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    pieces, at = [], 0
+    for start, end in spans:
+        pieces.append(text[at:start])
+        at = end
+    pieces.append(text[at:])
+    return "".join(pieces)
+
+
+def _unfence(body: str) -> str:
+    """The inside of the first fenced block (```json, ```python or bare), else the body unchanged."""
+    start = body.find(_FENCE)
+    if start == -1:
+        return body
+    inside = _FENCE_LANGUAGE_RE.match(body, start + len(_FENCE)).end()
+    # A language name and whitespace hold no backtick, so no closing fence was skipped over.
+    end = body.find(_FENCE, inside)
+    return body if end == -1 else body[inside:end].strip()
 
 
 def _load_object(body: str) -> Any:
-    """Strict JSON, then a Python literal, then repaired JSON; the outermost braces first."""
+    """Strict JSON, then a Python literal, then repaired JSON; the outermost braces first.
+
+    At most two candidates (the outermost braces, the whole body) and one repair: a fixed number of linear
+    passes.
+    """
     candidates = [body]
     start, end = body.find("{"), body.rfind("}")
     if start != -1 and end > start and (start, end) != (0, len(body) - 1):
-        candidates.insert(0, body[start : end + 1])
+        # When the body starts at that "{", whatever follows the last "}" can only be space or a comment for
+        # the body to parse, and then the braces parse too: the body is not parsed a second time.
+        candidates = [body[start : end + 1]] + ([body] if start else [])
+    deep = []
     for candidate in candidates:
-        for loader in (json.loads, _literal):
-            try:
-                data = loader(candidate)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                continue
-            if isinstance(data, (dict, list)):
-                return data
+        try:  # C, fails fast however deep the text nests
+            data = json.loads(candidate)
+        except (ValueError, RecursionError, MemoryError):
+            data = None
+        if isinstance(data, (dict, list)):
+            return data
+        deep.append(_too_deep(candidate))
+        if deep[-1]:
+            continue
+        try:
+            data = _literal(candidate)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        if isinstance(data, (dict, list)):
+            return data
+    if deep[0]:
+        return _TOO_DEEP
+    if len(candidates[0]) > MAX_REPAIR_CHARS:
+        return _TOO_LONG
     repaired = _repair(candidates[0])
     if isinstance(repaired, (dict, list)) and repaired:
         return repaired
     return _MISSING
 
 
+def _too_deep(text: str) -> bool:
+    """Whether a parser could nest brackets deeper than MAX_NESTING in ``text``; linear, at C speed.
+
+    Judged outside quoted strings: what a parser sees when every string is closed, as in a complete answer.
+    A string left open (a stray apostrophe, a missing quote, a cut-off answer) makes the strings ambiguous,
+    and ``'{{{{`` costs the repair pass as much as ``{{{{``: then every bracket counts, with twice the room
+    for the brackets that really are in strings. A looping output such as ``{{{{`` or ``{"a{"a{"a`` is deep
+    both ways.
+    """
+    if _brackets_deeper(_STRING_RE.sub("", text), MAX_NESTING):
+        return True
+    left_open = ("", "") in _STRING_RE.findall(text)  # neither closing quote matched
+    return left_open and _brackets_deeper(text, 2 * MAX_NESTING)
+
+
+def _brackets_deeper(text: str, limit: int) -> bool:
+    # Each pass deletes the innermost bracket pairs, so the passes count the nesting of what is balanced; the
+    # openers never closed add to it. Their sum is at least the true depth and at most twice it.
+    brackets = _NOT_BRACKET_RE.sub("", text).translate(_ONE_BRACKET_KIND)
+    levels = 0
+    while len(reduced := brackets.replace("()", "")) < len(brackets):
+        brackets, levels = reduced, levels + 1
+        if levels > limit:
+            return True
+    return levels + brackets.count("(") > limit
+
+
 def _literal(text: str) -> Any:
-    # literal_eval builds only literals: no names, no calls, nothing executed.
+    # literal_eval builds only literals: no names, no calls, nothing executed. Text without a bracket cannot
+    # give a dict or a list, so it is not parsed whole for nothing.
+    if "{" not in text and "[" not in text:
+        raise ValueError("no dict or list in the text")
     return ast.literal_eval(text)
 
 
@@ -328,8 +456,8 @@ def _first_present(data: Mapping, keys: Iterable[str]) -> Any:
 def _safe_dump(data: Any) -> str:
     try:
         return json.dumps(data, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        return repr(data)
+    except (TypeError, ValueError, RecursionError):
+        return reprlib.repr(data)  # bounded in depth and length
 
 
 __all__ = [

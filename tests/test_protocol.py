@@ -250,3 +250,153 @@ def test_any_object_gives_a_result_or_the_typed_error(value, wrapper, literal):
     verdict = _parses_or_typed_error(parse_verdict, text)
     if verdict is not None:
         assert isinstance(verdict.accepted, bool) and isinstance(verdict.refine_prompt, str)
+
+
+# --- looping and hostile output: refused with the typed error (or parsed, where valid), never a hang -------
+
+PLAN_ANSWER = DIALECTS["python literal"]
+
+
+def _fill(unit, chars=200_000):
+    return unit * (chars // len(unit))
+
+
+LOOPING = {
+    "200,000 open braces": _fill("{"),
+    "200,000 open brackets": _fill("["),
+    "deep balanced brackets": "[" * 100_000 + "]" * 100_000,
+    "200 kB of <answer>": _fill("<answer>"),
+    "200 kB of <think>": _fill("<think>"),
+    "200 kB of answers never closed": _fill("<answer>{'refine_prompt': 'add a hat', "),
+    'keys never closed, {"a{"a': _fill('{"a'),
+    'strings never closed, ["a["a': _fill('["a'),
+    "a string never closed": "<answer>{'execution_plan': [{'step_number': 1, 'prompt': '" + _fill("a cat "),
+    "one step repeated, never closed": "<answer>{'execution_plan': [" + _fill(repr(STEPS[0]) + ", "),
+    "a fence, then spaces": "```json" + _fill(" "),
+    "200 kB of fences": _fill("```"),
+    "a set of 66,000 numbers": "{" + _fill("1, ") + "}",
+    "deep unary minus": "{'a': " + _fill("-") + "1}",
+    "deep additions": "{'a': " + _fill("1+") + "1}",
+    "a megabyte of braces": "{" * 1_000_000,
+    "braces after a stray quote": "<answer>'" + _fill("{"),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", LOOPING)
+def test_looping_output_is_refused_with_the_typed_error(name):
+    for parse in (parse_plan, parse_verdict):
+        with pytest.raises(ProtocolError) as caught:
+            parse(LOOPING[name])
+        assert 0 < len(caught.value.excerpt) <= 160
+
+
+@pytest.mark.timeout(60)
+def test_deep_nesting_says_so():
+    with pytest.raises(ProtocolError, match="nests deeper than 32 levels"):
+        parse_plan("{" * 200_000)
+    with pytest.raises(ProtocolError, match="nests deeper"):
+        parse_verdict("<answer>{'previous_step_success': " + "[" * 5_000)
+
+
+@pytest.mark.timeout(60)
+def test_a_looping_verdict_cut_off_at_the_end_is_still_read():
+    text = _fill("<answer>{'previous_step_success': False, 'refine_prompt': 'a hat")
+    verdict = parse_verdict(text)
+    assert (verdict.accepted, verdict.refine_prompt) == (False, "a hat")
+
+
+def test_garbage_too_long_to_repair_says_so():
+    with pytest.raises(ProtocolError, match="too long to repair"):
+        parse_verdict("<answer>{'previous_step_success': True, 'refine_prompt': '" + "a cat " * 10_000)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "text",
+    [
+        _fill("<answer>", 150_000) + PLAN_ANSWER,  # an opening tag repeated, then the answer
+        _fill(PLAN_ANSWER + "\n"),  # the whole answer repeated: the last one counts
+        "<think>" + _fill("hmm, ", 150_000) + "</think>" + PLAN_ANSWER,
+        "<answer>" + _fill(" ", 150_000) + repr({"execution_plan": STEPS}) + _fill(" ", 40_000) + "</answer>",
+    ],
+    ids=["repeated open tag", "repeated answer", "long reasoning", "padded answer"],
+)
+def test_looping_output_around_a_valid_answer_still_parses(text):
+    assert parse_plan(text).steps == EXPECTED.steps
+
+
+def test_nesting_inside_the_bound_parses_in_every_dialect():
+    deep = {"execution_plan": [dict(STEPS[0], extra=[[[[[[[[["x"]]]]]]]]])]}
+    for text in (json.dumps(deep), repr(deep), repr(deep)[:-2]):  # JSON, Python literal, repaired
+        assert parse_plan(text).steps == EXPECTED.steps[:1]
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    prompt = "a cat :-( " * 40 + "((masterpiece)), [[[detailed]]]"
+    text = "<answer>" + repr({"execution_plan": [dict(STEPS[0], prompt=prompt)]}) + "</answer>"
+    assert parse_plan(text).steps[0].prompt == prompt.strip()
+
+
+@pytest.mark.parametrize(
+    "text", ["{'a': " + "-" * 10_000 + "1}", "{'a': " + "not " * 5_000 + "1}", "\ud800{"]
+)
+def test_parser_limits_of_python_become_the_typed_error(text):
+    # ast raises MemoryError or RecursionError on such input; it must not escape as that
+    with pytest.raises(ProtocolError):
+        parse_plan(text)
+
+
+def test_excerpt_of_a_huge_output_is_short():
+    with pytest.raises(ProtocolError) as caught:
+        parse_plan(" " * 100_000 + "nonsense " * 100_000)
+    assert caught.value.excerpt.startswith("nonsense nonsense") and len(caught.value.excerpt) <= 160
+
+
+VALID_OUTPUTS = list(DIALECTS.values()) + [
+    "<answer>{'previous_step_success': False, 'refine_prompt': 'add a red hat'}</answer>",
+    '<think>hat missing</think><answer>{"previous_step_success": true}</answer>',
+    '{"success": false, "refined_prompt": "add a red hat"}',
+]
+mutations = st.lists(
+    st.tuples(
+        st.sampled_from(["truncate", "duplicate", "brackets", "tags", "delete", "unicode"]),
+        st.floats(0, 1),
+        st.floats(0, 1),
+        st.integers(1, 60),
+        st.text(min_size=1, max_size=8),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+def _mutate(text, steps):
+    for op, where, span, count, chars in steps:
+        at = int(where * len(text))
+        end = at + int(span * (len(text) - at))
+        if op == "truncate":
+            text = text[:at]
+        elif op == "duplicate":
+            text = text[:at] + text[at:end] * count + text[end:]
+        elif op == "brackets":
+            text = text[:at] + "{[("[count % 3] * count + text[at:]
+        elif op == "tags":
+            text = (
+                text[:at]
+                + ("<answer>", "</answer>", "<think>", "</think>", "```")[count % 5] * count
+                + text[at:]
+            )
+        elif op == "delete":
+            text = text[:at] + text[end:]
+        else:
+            text = text[:at] + chars + text[at:]
+    return text
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(VALID_OUTPUTS), mutations)
+def test_mutated_answers_give_a_result_or_the_typed_error(text, steps):
+    mutated = _mutate(text, steps)
+    _parses_or_typed_error(parse_plan, mutated)
+    _parses_or_typed_error(parse_verdict, mutated)
