@@ -1,5 +1,5 @@
 """``python -m interleave_thinker``: the command line."""
 
-from .core.cli import main
+from .cli import main
 
 raise SystemExit(main())

@@ -1,8 +1,9 @@
 """Pytest, at the repository root.
 
-The root is a ComfyUI custom-node folder, so it has an ``__init__.py``; pytest would take it for a test package
-and import it under the clone's folder name, which fails for names such as ``comfyui-interleave-thinker``.
-Collect it as a plain directory instead; the tests import the installed ``interleave_thinker`` package.
+The root is a ComfyUI custom-node folder, so it has an ``__init__.py``; pytest would take it for a test
+package and import it under the clone's folder name, which fails for names such as
+``comfyui-interleave-thinker``. Collect it as a plain directory instead; the tests import the installed
+``interleave_thinker`` package.
 """
 
 from pathlib import Path
@@ -21,6 +22,6 @@ class _RootIsNotATestPackage:
 
 
 def pytest_configure(config):
-    # Registered as a plugin, not left as a conftest hook: the root folder itself is collected with the hooks of
-    # its parent folder, where a conftest's hooks do not reach.
+    # Registered as a plugin, not left as a conftest hook: the root folder itself is collected with the hooks
+    # of its parent folder, where a conftest's hooks do not reach.
     config.pluginmanager.register(_RootIsNotATestPackage(), "interleave-thinker-root")

@@ -5,17 +5,17 @@
 Two measurements, each against a baseline taken in the same run on the same tiny models (a random-weight
 Qwen3-VL agent and a random-weight Stable Diffusion pipeline, built offline into a temporary folder):
 
-1. The refine loop: wall time of whole stories against the sum of the model calls inside them (Planner, Critic,
-   generator). What is left is the loop's own work: messages, parsing, seeds, events, bookkeeping.
+1. The refine loop: wall time of whole stories against the sum of the model calls inside them (Planner,
+   Critic, generator). What is left is the loop's own work: messages, parsing, seeds, events, bookkeeping.
    Goal: under 1% of wall time.
-2. One agent call (chat template, image processing, generate, decode) against the same work written by hand with
-   transformers, and against a bare ``model.generate`` on inputs prepared beforehand, all producing the same
-   tokens. Goal: within 5%. The gap to bare ``generate`` is the processor's own time (template, tokenizer, image
-   resizing), which every caller pays; it is a visible share only for a model this small.
+2. One agent call (chat template, image processing, generate, decode) against the same work written by hand
+   with transformers, and against a bare ``model.generate`` on inputs prepared beforehand, all producing the
+   same tokens. Goal: within 5%. The gap to bare ``generate`` is the processor's own time (template,
+   tokenizer, image resizing), which every caller pays; it is a visible share only for a model this small.
 
 Random weights cannot write plans or verdicts, so the agents here run the real model for every call and then
-answer with scripted text (a 3-step plan; the Critic rejects each step's first image once): model time is real,
-and the loop takes its real paths, retries included.
+answer with scripted text (a 3-step plan; the Critic rejects each step's first image once): model time is
+real, and the loop takes its real paths, retries included.
 """
 
 from __future__ import annotations
@@ -74,7 +74,10 @@ def critic_answer(messages, call):
 
     retried = "a sharper picture" in message_text(messages)
     accepted = "True" if retried else "False"
-    return f"<think>checked</think><answer>{{'previous_step_success': {accepted}, 'refine_prompt': 'a sharper picture'}}</answer>"
+    return (
+        f"<think>checked</think><answer>{{'previous_step_success': {accepted}, "
+        f"'refine_prompt': 'a sharper picture'}}</answer>"
+    )
 
 
 def bench_loop(agent_dir: Path, pipeline_dir: Path, stories: int, new_tokens: int) -> dict:
@@ -215,7 +218,8 @@ def main(argv=None) -> int:
         if index == 0:
             print("  ".join("-" * width for width in widths))
     print(
-        f"\ntorch {torch.__version__}, transformers {transformers.__version__}, diffusers {diffusers.__version__}, "
+        f"\ntorch {torch.__version__}, transformers {transformers.__version__}, "
+        f"diffusers {diffusers.__version__}, "
         f"{torch.get_num_threads()} threads, python {sys.version.split()[0]}"
     )
     return 0

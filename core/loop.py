@@ -3,9 +3,9 @@
 Rules (DESIGN.md, "The loop"):
 - One Planner call per story; an unparseable plan is re-sampled a bounded number of times, then it is an error
   (or, if the caller chose it, a one-step plan made from the instruction).
-- Each step gets at most ``max_attempts`` generations. Every retry edits the same before image with the Critic's
-  replacement prompt; the kept image becomes the next step's before image. Edits never chain onto a rejected
-  image.
+- Each step gets at most ``max_attempts`` generations. Every retry edits the same before image with the
+  Critic's replacement prompt; the kept image becomes the next step's before image. Edits never chain onto a
+  rejected image.
 - A step without a generator prompt is text only: the generator is not called.
 - Critic output that never parses keeps the candidate, marked "unchecked".
 - Every seed derives from one user seed, so the same inputs give the same storyboard.
@@ -21,54 +21,38 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image
 
+from . import settings
 from .agents.base import Agent
+from .errors import Cancelled
 from .generators.base import TEXT_TO_IMAGE, Generator
-from .messages import choose_mode, critic_messages, planner_messages, to_rgb, white_canvas
+from .messages import choose_mode, critic_messages, planner_messages, to_rgb
 from .prompts import Template, load_template
-from .protocol import MAX_PLAN_STEPS, Plan, PlanStep, ProtocolError, Verdict, parse_plan, parse_verdict
+from .protocol import Plan, PlanStep, ProtocolError, Verdict, parse_plan, parse_verdict
 from .storyboard import ACCEPTED, REJECTED, UNCHECKED, Attempt, Step, Storyboard
-
-MAX_ATTEMPTS_LIMIT = 10
-MAX_AGENT_TRIES = 10
-MIN_SIZE, MAX_SIZE = 64, 4096
-
-
-class Cancelled(RuntimeError):
-    """The cancel hook asked the loop to stop; nothing after the last finished model call was done."""
 
 
 @dataclass(frozen=True)
 class LoopConfig:
-    max_attempts: int = 3
-    max_steps: int = 12
-    planner_tries: int = 3
-    critic_tries: int = 2
-    seed: int = 0
-    width: int = 1024
-    height: int = 1024
-    mode: str = "auto"
+    max_attempts: int = settings.DEFAULT_MAX_ATTEMPTS
+    max_steps: int = settings.DEFAULT_MAX_STEPS
+    planner_tries: int = settings.DEFAULT_PLANNER_TRIES
+    critic_tries: int = settings.DEFAULT_CRITIC_TRIES
+    seed: int = settings.DEFAULT_SEED
+    width: int = settings.DEFAULT_SIZE
+    height: int = settings.DEFAULT_SIZE
+    mode: str = settings.DEFAULT_MODE
     fallback_single_step: bool = False
     check_last_attempt: bool = True
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT:
-            raise ValueError(
-                f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {self.max_attempts}"
-            )
-        if not 1 <= self.max_steps <= MAX_PLAN_STEPS:
-            raise ValueError(f"max_steps must be between 1 and {MAX_PLAN_STEPS}, got {self.max_steps}")
+        settings.check_range("max_attempts", self.max_attempts, 1, settings.MAX_ATTEMPTS_LIMIT)
+        settings.check_range("max_steps", self.max_steps, 1, settings.MAX_PLAN_STEPS)
         for name in ("planner_tries", "critic_tries"):
-            value = getattr(self, name)
-            if not 1 <= value <= MAX_AGENT_TRIES:
-                raise ValueError(f"{name} must be between 1 and {MAX_AGENT_TRIES}, got {value}")
+            settings.check_range(name, getattr(self, name), 1, settings.MAX_AGENT_TRIES)
         for name in ("width", "height"):
-            value = getattr(self, name)
-            if not MIN_SIZE <= value <= MAX_SIZE:
-                raise ValueError(f"{name} must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {value}")
-        if self.mode not in ("auto", "narrative", "guidance"):
-            raise ValueError(f"mode must be auto, narrative or guidance, got {self.mode!r}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+            settings.check_range(name, getattr(self, name), settings.MIN_SIZE, settings.MAX_SIZE)
+        settings.check_choice("mode", self.mode, settings.MODES)
+        settings.check_range("seed", self.seed, 0, settings.SEED_MAX)
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -128,6 +112,11 @@ EventHandler = Callable[[Event], None]
 CancelHook = Callable[[], bool]
 
 
+def check_cancel(cancel: CancelHook | None) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled("cancelled")
+
+
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -152,8 +141,7 @@ class _Runtime:
             self.on_event(event)
 
     def check(self) -> None:
-        if self.cancel is not None and self.cancel():
-            raise Cancelled("cancelled")
+        check_cancel(self.cancel)
 
 
 def make_plan(
@@ -178,7 +166,7 @@ def make_plan(
         output = planner.complete(
             messages,
             seed=derive_seed(config.seed, "planner", attempt),
-            temperature=None if attempt == 0 else _resample_temperature(planner),
+            temperature=None if attempt == 0 else resample_temperature(planner),
         )
         try:
             plan = parse_plan(output, max_steps=config.max_steps)
@@ -217,29 +205,12 @@ def run_plan(
     mode = mode or choose_mode(config.mode, images)
     critic_template = critic_template or load_template("critic")
     started = time.perf_counter()
-    images = [to_rgb(image) for image in images]
-    # Narrative stories start on a white canvas; guidance stories continue from the user's last image.
-    before = images[-1] if mode == "guidance" and images else None
-    steps: list[Step] = []
-    for index, plan_step in enumerate(plan.steps):
-        attempts: list[Attempt] = []
-        if plan_step.makes_image:
-            attempts = _run_step(
-                index, plan_step, before, generator, critic, critic_template, config, runtime
-            )
-            before = attempts[-1].image
-        step = Step(plan_step, attempts)
-        steps.append(step)
-        runtime.emit(StepDone(index, step, len(plan.steps)))
-    timings = {"total_seconds": time.perf_counter() - started}
-    if planning is not None:
-        timings["planner_seconds"] = planning.seconds
-    return Storyboard(
+    story = Storyboard(
         instruction=instruction,
         mode=mode,
         plan=plan,
-        steps=steps,
-        input_images=list(images),
+        steps=[],
+        input_images=[to_rgb(image) for image in images],
         width=config.width,
         height=config.height,
         seed=config.seed,
@@ -252,8 +223,18 @@ def run_plan(
         },
         planner_output=planning.output if planning else "",
         planner_tries=planning.tries if planning else 0,
-        timings=timings,
     )
+    for index, plan_step in enumerate(plan.steps):
+        attempts: list[Attempt] = []
+        if plan_step.makes_image:
+            attempts = _run_step(story, index, plan_step, generator, critic, critic_template, config, runtime)
+        step = Step(plan_step, attempts)
+        story.steps.append(step)
+        runtime.emit(StepDone(index, step, len(plan.steps)))
+    story.timings = {"total_seconds": time.perf_counter() - started}
+    if planning is not None:
+        story.timings["planner_seconds"] = planning.seconds
+    return story
 
 
 def run_story(
@@ -298,17 +279,17 @@ def run_story(
 
 
 def _run_step(
+    story: Storyboard,
     index: int,
     plan_step: PlanStep,
-    before: Image.Image | None,
     generator: Generator,
     critic: Agent | None,
     critic_template: Template,
     config: LoopConfig,
     runtime: _Runtime,
 ) -> list[Attempt]:
-    from_text = before is None
-    critic_before = white_canvas(config.width, config.height) if from_text else before
+    source = story.edit_source(index)
+    before = story.before_image(index)  # what the Critic compares against: the source, or the white canvas
     prompt = plan_step.prompt or ""
     attempts: list[Attempt] = []
     for number in range(1, config.max_attempts + 1):
@@ -316,30 +297,30 @@ def _run_step(
         runtime.emit(AttemptStarted(index, plan_step, number, prompt))
         seed = derive_seed(config.seed, "image", index, number)
         start = time.perf_counter()
-        if from_text:
+        if source is None:
             image = generator.text_to_image(prompt, width=config.width, height=config.height, seed=seed)
             route = TEXT_TO_IMAGE
         else:
-            image = generator.edit(before, prompt, seed=seed)
+            image = generator.edit(source, prompt, seed=seed)
             route = generator.edit_route
         generate_seconds = time.perf_counter() - start
         runtime.emit(ImageReady(index, number, image))
 
         last = number == config.max_attempts
-        verdict, output, error, critic_seconds = None, "", "", 0.0
+        judged = Critique()
         if critic is not None and (not last or config.check_last_attempt):
-            verdict, output, error, critic_seconds = _critique(
+            judged = critique(
                 critic,
-                critic_template,
-                critic_before,
+                before,
                 image,
                 plan_step.prompt or "",
                 prompt,
-                config,
-                (index, number),
-                runtime,
+                template=critic_template,
+                seed=config.seed,
+                place=(index, number),
+                tries=config.critic_tries,
+                cancel=runtime.cancel,
             )
-        status = UNCHECKED if verdict is None else ACCEPTED if verdict.accepted else REJECTED
         attempts.append(
             Attempt(
                 number=number,
@@ -347,61 +328,90 @@ def _run_step(
                 seed=seed,
                 route=route,
                 image=image,
-                status=status,
-                verdict=verdict,
-                critic_output=output,
-                critic_error=error,
+                status=judged.status,
+                verdict=judged.verdict,
+                critic_output=judged.output,
+                critic_error=judged.error,
                 generate_seconds=generate_seconds,
-                critic_seconds=critic_seconds,
+                critic_seconds=judged.seconds,
             )
         )
-        runtime.emit(VerdictReady(index, number, status, verdict))
-        if status != REJECTED:
+        runtime.emit(VerdictReady(index, number, judged.status, judged.verdict))
+        if judged.status != REJECTED:
             break
-        prompt = verdict.refine_prompt or prompt
+        prompt = judged.verdict.refine_prompt or prompt
     return attempts
 
 
-def _critique(
+@dataclass(frozen=True)
+class Critique:
+    """What the Critic said of one picture. No verdict (no Critic, or no answer parsed) is "unchecked"."""
+
+    verdict: Verdict | None = None
+    output: str = ""  # the last raw answer
+    error: str = ""  # why no answer parsed
+    seconds: float = 0.0
+    tries: int = 0
+
+    @property
+    def status(self) -> str:
+        if self.verdict is None:
+            return UNCHECKED
+        return ACCEPTED if self.verdict.accepted else REJECTED
+
+
+def critique(
     critic: Agent,
-    template: Template,
     before: Image.Image,
     after: Image.Image,
-    original: str,
-    used: str,
-    config: LoopConfig,
-    place: tuple[int, int],
-    runtime: _Runtime,
-) -> tuple[Verdict | None, str, str, float]:
-    messages = critic_messages(before, after, original, used, template)
+    step_prompt: str,
+    used_prompt: str,
+    *,
+    template: Template | None = None,
+    seed: int = settings.DEFAULT_SEED,
+    place: tuple = (),
+    tries: int = settings.DEFAULT_CRITIC_TRIES,
+    cancel: CancelHook | None = None,
+) -> Critique:
+    """Ask ``critic`` whether ``after`` carries out the step, re-sampling while its answer does not parse.
+
+    ``step_prompt`` is the plan's prompt for the step and ``used_prompt`` the one the picture was drawn from.
+    Seeds derive from ``seed`` and ``place`` (the loop passes the step and attempt), so a verdict is
+    reproducible.
+    """
+    messages = critic_messages(before, after, step_prompt, used_prompt, template or load_template("critic"))
     output, error = "", ""
     start = time.perf_counter()
-    for attempt in range(config.critic_tries):
-        runtime.check()
+    for attempt in range(tries):
+        check_cancel(cancel)
         output = critic.complete(
             messages,
-            seed=derive_seed(config.seed, "critic", *place, attempt),
-            temperature=None if attempt == 0 else _resample_temperature(critic),
+            seed=derive_seed(seed, "critic", *place, attempt),
+            temperature=None if attempt == 0 else resample_temperature(critic),
         )
         try:
-            return parse_verdict(output), output, "", time.perf_counter() - start
+            verdict = parse_verdict(output)
         except ProtocolError as failure:
             error = str(failure)
-    return None, output, error, time.perf_counter() - start
+            continue
+        return Critique(verdict, output, "", time.perf_counter() - start, attempt + 1)
+    return Critique(None, output, error, time.perf_counter() - start, tries)
 
 
 def _name(model: object) -> str:
     return str(getattr(model, "name", type(model).__name__))
 
 
-def _resample_temperature(agent: Agent) -> float:
+def resample_temperature(agent: Agent) -> float:
+    """The temperature of a second try: the agent's own choice, else the project's default."""
     decoding = getattr(agent, "decoding", None)
-    return getattr(decoding, "resample_temperature", 0.7)
+    return getattr(decoding, "resample_temperature", settings.RESAMPLE_TEMPERATURE)
 
 
 __all__ = [
     "AttemptStarted",
     "Cancelled",
+    "Critique",
     "Event",
     "ImageReady",
     "LoopConfig",
@@ -409,8 +419,11 @@ __all__ = [
     "PlanResult",
     "StepDone",
     "VerdictReady",
+    "check_cancel",
+    "critique",
     "derive_seed",
     "make_plan",
+    "resample_temperature",
     "run_plan",
     "run_story",
 ]

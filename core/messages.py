@@ -1,8 +1,8 @@
 """Templates and images into chat messages, the one format every agent backend takes.
 
 A message is ``{"role": "user", "content": [part, ...]}`` with parts ``{"type": "text", "text": str}`` and
-``{"type": "image", "image": PIL.Image}`` (the transformers chat format; the HTTP backend converts images to data
-URLs). There is one user turn and no system message, as the released weights expect.
+``{"type": "image", "image": PIL.Image}`` (the transformers chat format; the HTTP backend converts images to
+data URLs). There is one user turn and no system message, as the released weights expect.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image
 
+from .errors import BadInput
 from .prompts import Template, load_template
 
 IMAGE_MARKER = "<image>"
@@ -27,7 +28,7 @@ MANY_IMAGES = 5
 Message = dict[str, Any]
 
 
-class MessageError(ValueError):
+class MessageError(BadInput):
     pass
 
 

@@ -7,11 +7,8 @@ Folders are written under a temporary name and renamed into place, so a reader n
 
 from __future__ import annotations
 
-import html
 import json
-import os
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +16,10 @@ from typing import Any
 
 from PIL import Image
 
+from .errors import BadInput
+from .files import replace_folder, temporary_name
 from .messages import to_rgb, white_canvas
+from .pages import badge, escape, page
 from .protocol import Plan, PlanStep, Verdict
 
 SCHEMA_VERSION = 1
@@ -33,7 +33,7 @@ ATTEMPT_STATUSES = (ACCEPTED, REJECTED, UNCHECKED)
 TEXT_ONLY = "text"  # step status of a step without a generator prompt
 
 
-class StoryboardError(ValueError):
+class StoryboardError(BadInput):
     pass
 
 
@@ -127,15 +127,47 @@ class Storyboard:
     def text(self, separator: str = "\n\n") -> str:
         return separator.join(step.text for step in self.steps if step.text)
 
-    def before_image(self, index: int) -> Image.Image:
-        """The image that step ``index`` (0-based) edits: the previous kept image, the last input image, or
-        the white canvas a narrative story starts from."""
+    def edit_source(self, index: int) -> Image.Image | None:
+        """The image step ``index`` (0-based) edits: the last kept image before it; before any, the user's
+        last image in guidance mode. None: the step is drawn from text."""
         for step in reversed(self.steps[:index]):
             if step.image is not None:
                 return step.image
         if self.mode == "guidance" and self.input_images:
             return self.input_images[-1]
-        return white_canvas(self.width, self.height)
+        return None
+
+    def before_image(self, index: int) -> Image.Image:
+        """What step ``index`` is judged against: its edit source, or the white canvas a story starts from."""
+        source = self.edit_source(index)
+        return source if source is not None else white_canvas(self.width, self.height)
+
+    # -- file names inside a saved folder ----------------------------------------------------------------
+    @staticmethod
+    def step_file(step: Step) -> str:
+        return f"steps/step-{step.number:02d}.png"
+
+    @staticmethod
+    def attempt_file(step: Step, attempt: Attempt) -> str:
+        return f"attempts/step-{step.number:02d}-attempt-{attempt.number}.png"
+
+    @staticmethod
+    def input_file(index: int) -> str:
+        return f"inputs/input-{index + 1:02d}.png"
+
+    @staticmethod
+    def is_saved(folder: str | Path) -> bool:
+        """Whether ``folder`` holds a finished storyboard (its JSON is written last, inside the renamed
+        folder)."""
+        return (Path(folder) / FILENAME).is_file()
+
+    @staticmethod
+    def find(path: str | Path) -> list[Path]:
+        """The storyboard folders at or below ``path``."""
+        path = Path(path)
+        if Storyboard.is_saved(path):
+            return [path]
+        return sorted(p.parent for p in path.rglob(FILENAME))
 
     # -- (de)serialisation --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -156,13 +188,13 @@ class Storyboard:
                 "reasoning": self.plan.reasoning,
             },
             "plan": self.plan.to_dict(),
-            "inputs": [f"inputs/input-{i + 1:02d}.png" for i in range(len(self.input_images))],
+            "inputs": [self.input_file(i) for i in range(len(self.input_images))],
             "steps": [
                 {
                     "step_number": step.number,
                     "status": step.status,
                     "text": step.text,
-                    "image": _step_file(step) if step.image is not None else None,
+                    "image": self.step_file(step) if step.image is not None else None,
                     "attempts": [
                         {
                             "number": a.number,
@@ -170,7 +202,7 @@ class Storyboard:
                             "seed": a.seed,
                             "route": a.route,
                             "status": a.status,
-                            "image": _attempt_file(step, a),
+                            "image": self.attempt_file(step, a),
                             "verdict": a.verdict.to_dict() | {"reasoning": a.verdict.reasoning}
                             if a.verdict
                             else None,
@@ -192,7 +224,7 @@ class Storyboard:
         if folder.exists() and not overwrite:
             raise StoryboardError(f"{folder} already exists; choose another folder or allow overwriting")
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = temporary_name(folder)
         try:
             self._write(tmp)
             replace_folder(tmp, folder)
@@ -209,9 +241,9 @@ class Storyboard:
             image.save(root / name)
         for step in self.steps:
             for attempt in step.attempts:
-                attempt.image.save(root / _attempt_file(step, attempt))
+                attempt.image.save(root / self.attempt_file(step, attempt))
             if step.kept is not None:
-                shutil.copyfile(root / _attempt_file(step, step.kept), root / _step_file(step))
+                shutil.copyfile(root / self.attempt_file(step, step.kept), root / self.step_file(step))
         (root / FILENAME).write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
         (root / "index.html").write_text(render_html(self), encoding="utf-8")
         (root / "story.md").write_text(render_markdown(self), encoding="utf-8")
@@ -274,25 +306,6 @@ class Storyboard:
             raise StoryboardError(f"{path} is damaged: {error}") from None
 
 
-def replace_folder(tmp: Path, folder: Path) -> None:
-    """Move the finished ``tmp`` folder to ``folder``, replacing an old one without a moment of absence."""
-    if not folder.exists():
-        os.rename(tmp, folder)
-        return
-    old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(folder, old)
-    os.rename(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _step_file(step: Step) -> str:
-    return f"steps/step-{step.number:02d}.png"
-
-
-def _attempt_file(step: Step, attempt: Attempt) -> str:
-    return f"attempts/step-{step.number:02d}-attempt-{attempt.number}.png"
-
-
 def _open(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
@@ -313,38 +326,25 @@ def _verdict(data: dict | None) -> Verdict | None:
 # Pages
 
 
+# On top of the shared page style (core/pages.py).
 _CSS = """
-body{font:17px/1.55 system-ui,-apple-system,Segoe UI,sans-serif;max-width:880px;margin:2em auto;padding:0 1em;
-color:#1d1d1f;background:#fafafa}
-h1{font-size:1.5em;line-height:1.3}
-.meta{color:#666;font-size:.85em}
+body{max-width:880px;font-size:17px}
 .step{background:#fff;border-radius:12px;box-shadow:0 1px 4px #0002;margin:1.6em 0;padding:1.1em 1.3em}
 .step h2{font-size:1.1em;margin:.1em 0 .6em}
-.step img.main{display:block;width:min(100%,512px);border:1px solid #e3e3e3;border-radius:8px;margin:.4em auto}
+.step img.main{display:block;width:min(100%,512px);border:1px solid #e3e3e3;border-radius:8px;
+margin:.4em auto}
 img.small{image-rendering:pixelated}
-.badge{display:inline-block;font-size:.72em;padding:.1em .6em;border-radius:1em;margin-left:.5em;
-vertical-align:middle;background:#eee;color:#333}
-.accepted{background:#dcf5e3;color:#14532d}.rejected{background:#fde2e1;color:#7f1d1d}
-.unchecked{background:#fef3c7;color:#78350f}
 details{margin-top:.8em;font-size:.9em}
 .attempt{display:flex;gap:1em;align-items:flex-start;border-top:1px solid #eee;padding:.6em 0}
 .attempt img{width:160px;border:1px solid #e3e3e3;border-radius:6px;flex:none}
 .attempt p{margin:.2em 0}
-code,pre{font-size:.85em;white-space:pre-wrap;word-break:break-word}
 .inputs img{max-width:200px;border-radius:6px;margin-right:.5em}
 """
 
 
-def _badge(status: str) -> str:
-    return f'<span class="badge {html.escape(status)}">{html.escape(status)}</span>'
-
-
 def render_html(story: Storyboard) -> str:
-    e = html.escape
+    e = escape
     out = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        '<meta name=viewport content="width=device-width,initial-scale=1">',
-        f"<title>{e(story.instruction[:80])}</title><style>{_CSS}</style></head><body>",
         f"<h1>{e(story.instruction)}</h1>",
         f"<p class=meta>{e(story.mode)} plan · {len(story.steps)} steps · seed {story.seed}"
         f" · {e(str(story.settings.get('generator', '')))} · {e(story.created)}</p>",
@@ -353,7 +353,7 @@ def render_html(story: Storyboard) -> str:
         out.append(
             "<div class=inputs>"
             + "".join(
-                f'<img src="inputs/input-{i + 1:02d}.png" alt="input {i + 1}">'
+                f'<img src="{story.input_file(i)}" alt="input {i + 1}">'
                 for i in range(len(story.input_images))
             )
             + "</div>"
@@ -362,12 +362,12 @@ def render_html(story: Storyboard) -> str:
         title = e(step.plan_step.step_name or f"Step {step.number}")
         out.append(
             f'<section class=step id="step-{step.number}"><h2>{step.number}. {title}'
-            f"{_badge(step.status) if step.attempts else ''}</h2>"
+            f"{badge(step.status) if step.attempts else ''}</h2>"
         )
         if step.image is not None:
             # Small pictures are shown larger, with sharp pixels rather than a blur.
             small = " small" if max(step.image.size) < 256 else ""
-            out.append(f'<img class="main{small}" src="{_step_file(step)}" alt="{title}">')
+            out.append(f'<img class="main{small}" src="{story.step_file(step)}" alt="{title}">')
         if step.text:
             out.append(f"<p>{e(step.text)}</p>")
         if step.attempts:
@@ -376,8 +376,9 @@ def render_html(story: Storyboard) -> str:
             for a in step.attempts:
                 reason = a.verdict.reasoning if a.verdict else a.critic_error
                 out.append(
-                    f'<div class=attempt><img src="{_attempt_file(step, a)}" alt="attempt {a.number}"><div>'
-                    f"<p><b>Attempt {a.number}</b>{_badge(a.status)}</p>"
+                    f'<div class=attempt><img src="{story.attempt_file(step, a)}" '
+                    f'alt="attempt {a.number}"><div>'
+                    f"<p><b>Attempt {a.number}</b>{badge(a.status)}</p>"
                     f"<p><code>{e(a.prompt)}</code></p>"
                     + (f"<p>{e(reason)}</p>" if reason else "")
                     + f"<p class=meta>{e(a.route)} · seed {a.seed} · generate {a.generate_seconds:.2f} s"
@@ -386,8 +387,7 @@ def render_html(story: Storyboard) -> str:
             out.append("</details>")
         out.append("</section>")
     out.append(f"<details><summary>Plan</summary><pre>{e(story.plan.to_json())}</pre></details>")
-    out.append("</body></html>")
-    return "\n".join(out)
+    return page(story.instruction[:80], "\n".join(out), _CSS)
 
 
 def render_markdown(story: Storyboard) -> str:
@@ -396,7 +396,7 @@ def render_markdown(story: Storyboard) -> str:
         lines.append(f"## {step.number}. {step.plan_step.step_name or 'Step ' + str(step.number)}")
         lines.append("")
         if step.image is not None:
-            lines += [f"![step {step.number}]({_step_file(step)})", ""]
+            lines += [f"![step {step.number}]({story.step_file(step)})", ""]
         if step.text:
             lines += [step.text, ""]
     return "\n".join(lines)
@@ -416,5 +416,4 @@ __all__ = [
     "normalize_image",
     "render_html",
     "render_markdown",
-    "replace_folder",
 ]

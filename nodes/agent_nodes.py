@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import hashlib
-import urllib.error
-import urllib.request
+from pathlib import Path
 
-from ..core.agents import AgentError, Decoding
-from ..core.agents.transformers_agent import DTYPES
-from ..core.loop import Cancelled, LoopConfig, derive_seed, make_plan
-from ..core.messages import MessageError, critic_messages
-from ..core.protocol import MAX_PLAN_STEPS, ProtocolError, parse_verdict
+from ..core import settings
+from ..core.agents import Decoding, load_agent
+from ..core.endpoints import (
+    CONFIG_FILE_NAME,
+    DEFAULT_KEY_ENV,
+    ENDPOINTS_ENV,
+    KEY_ENVS_ENV,
+    EndpointPolicy,
+    EndpointPolicyError,
+)
+from ..core.loop import LoopConfig, critique, make_plan
+from ..core.protocol import ProtocolError
+from ..core.storyboard import ACCEPTED, UNCHECKED
 from . import memory
 from .host import (
     NodeError,
+    engine_errors,
     find_agent_folder,
     folder_fingerprint,
     interrupted,
     list_agent_folders,
     module,
-    raise_interrupted,
 )
 from .images import single, to_pil
 from .types import AGENT, CATEGORY, PLAN, StoryPlan
@@ -28,17 +35,22 @@ LOCAL = "local folder (models/LLM)"
 ENDPOINT = "OpenAI-compatible endpoint"
 KEEP = "keep on GPU"
 OFFLOAD = "offload to CPU between calls"
-MEMORY_POLICIES = {KEEP: "keep", OFFLOAD: "offload"}
+# The widget's words for the engine's memory policies (the words are stored in saved workflows).
+MEMORY_POLICIES = dict(zip((KEEP, OFFLOAD), settings.MEMORY_POLICIES))
 DEVICES = ("auto", "cpu")
-CRITIC_TRIES = 2
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
 PROBE_TIMEOUT = 10.0
 
 
 def _seed_input(tooltip: str):
     return (
         "INT",
-        {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True, "tooltip": tooltip},
+        {
+            "default": settings.DEFAULT_SEED,
+            "min": 0,
+            "max": settings.SEED_MAX,
+            "control_after_generate": True,
+            "tooltip": tooltip,
+        },
     )
 
 
@@ -64,13 +76,15 @@ class LoadAgent:
                     [LOCAL, ENDPOINT],
                     {
                         "default": LOCAL,
-                        "tooltip": "Run a model folder from models/LLM here, or call an OpenAI-compatible server.",
+                        "tooltip": "Run a model folder from models/LLM here, or call an OpenAI-compatible "
+                        "server.",
                     },
                 ),
                 "model": (
                     list_agent_folders(),
                     {
-                        "tooltip": "A Hugging Face VLM folder (with config.json) inside models/LLM. Local backend only."
+                        "tooltip": "A Hugging Face VLM folder (with config.json) inside models/LLM. Local "
+                        "backend only."
                     },
                 ),
                 "endpoint_url": (
@@ -78,7 +92,10 @@ class LoadAgent:
                     {
                         "default": "http://127.0.0.1:8000/v1",
                         "tooltip": "Base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1. "
-                        "Endpoint backend only.",
+                        "Endpoint backend only. Only loopback (127.0.0.1, ::1, localhost) is allowed unless "
+                        f"this machine's owner lists the host in the environment variable {ENDPOINTS_ENV} or "
+                        f'under "endpoints" in ComfyUI/user/{CONFIG_FILE_NAME}: a shared workflow cannot '
+                        "send requests anywhere else.",
                     },
                 ),
                 "endpoint_model": (
@@ -89,46 +106,51 @@ class LoadAgent:
                     "STRING",
                     {
                         "default": "",
-                        "tooltip": "Name of the environment variable that holds the API key (not the key itself); "
-                        "empty for servers without a key. Endpoint backend only.",
+                        "tooltip": "Name of the environment variable that holds the API key (not the key "
+                        "itself); empty for servers without a key. Endpoint backend only. Allowed: "
+                        f"{DEFAULT_KEY_ENV}, and names the machine's owner lists in {KEY_ENVS_ENV} or under "
+                        f'"api_key_env" in ComfyUI/user/{CONFIG_FILE_NAME}; any other name is refused '
+                        "unread.",
                     },
                 ),
                 "dtype": (
-                    list(DTYPES),
+                    list(settings.DTYPES),
                     {
                         "default": "auto",
-                        "tooltip": "Weight precision; auto is bf16/fp16 on a GPU and fp32 on the CPU. Local backend only.",
+                        "tooltip": "Weight precision; auto is bf16/fp16 on a GPU and fp32 on the CPU. Local "
+                        "backend only.",
                     },
                 ),
                 "device": (
                     list(DEVICES),
                     {
                         "default": "auto",
-                        "tooltip": "auto runs on ComfyUI's device (the GPU if it has one); cpu keeps the agent off the "
-                        "GPU. Local backend only.",
+                        "tooltip": "auto runs on ComfyUI's device (the GPU if it has one); cpu keeps the "
+                        "agent off the GPU. Local backend only.",
                     },
                 ),
                 "memory": (
                     list(MEMORY_POLICIES),
                     {
                         "default": KEEP,
-                        "tooltip": "keep on GPU: stays there between calls and leaves only when the diffusion model needs "
-                        "the room. offload: back to the CPU after every call (slower, smallest footprint).",
+                        "tooltip": "keep on GPU: stays there between calls and leaves only when the "
+                        "diffusion model needs the room. offload: back to the CPU after every call (slower, "
+                        "smallest footprint).",
                     },
                 ),
                 "max_new_tokens": (
                     "INT",
                     {
-                        "default": 2048,
+                        "default": settings.DEFAULT_MAX_NEW_TOKENS,
                         "min": 1,
-                        "max": 32768,
+                        "max": settings.MAX_NEW_TOKENS_LIMIT,
                         "tooltip": "Upper bound on the length of one answer.",
                     },
                 ),
                 "temperature": (
                     "FLOAT",
                     {
-                        "default": 0.0,
+                        "default": settings.DEFAULT_TEMPERATURE,
                         "min": 0.0,
                         "max": 2.0,
                         "step": 0.05,
@@ -139,15 +161,16 @@ class LoadAgent:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, backend, model, endpoint_url, endpoint_model):
+    def VALIDATE_INPUTS(cls, backend, model, endpoint_url, endpoint_model, api_key_env):
+        """Refused when the prompt is queued, before any model loads or any request is sent."""
         try:
             if backend == LOCAL:
                 find_agent_folder(model)
             elif backend == ENDPOINT:
-                _check_endpoint(endpoint_url, endpoint_model)
+                _check_endpoint(endpoint_url, endpoint_model, api_key_env)
             else:
                 return f"backend must be {LOCAL!r} or {ENDPOINT!r}, got {backend!r}"
-        except NodeError as error:
+        except (NodeError, EndpointPolicyError) as error:
             return str(error)
         return True
 
@@ -175,24 +198,20 @@ class LoadAgent:
         max_new_tokens,
         temperature,
     ):
-        decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature)
-        try:
+        with engine_errors():
+            decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature)
             if backend == ENDPOINT:
                 return (self._endpoint(endpoint_url, endpoint_model, api_key_env, decoding),)
             return (self._local(model, dtype, device, memory, decoding),)
-        except AgentError as error:
-            raise NodeError(str(error)) from None
 
     @staticmethod
     def _local(model, dtype, device, policy, decoding):
-        from ..core.agents.transformers_agent import TransformersAgent
-
         if policy not in MEMORY_POLICIES:
             raise NodeError(f"memory must be {KEEP!r} or {OFFLOAD!r}, got {policy!r}")
         folder = find_agent_folder(model)
         if device == "auto":
             device = str(module("comfy.model_management").get_torch_device())
-        agent = TransformersAgent(
+        agent = load_agent(
             folder,
             dtype=dtype,
             device=device,
@@ -205,35 +224,32 @@ class LoadAgent:
 
     @staticmethod
     def _endpoint(url, model, api_key_env, decoding):
-        from ..core.agents.openai_agent import OpenAIAgent
-
-        _check_endpoint(url, model)
-        agent = OpenAIAgent(url, model.strip(), api_key_env=api_key_env.strip() or None, decoding=decoding)
-        _probe(url.strip().rstrip("/"))
+        policy = _check_endpoint(url, model, api_key_env)
+        agent = load_agent(
+            url, model=model, api_key_env=api_key_env.strip() or None, decoding=decoding, policy=policy
+        )
+        agent.probe(PROBE_TIMEOUT, cancel=interrupted)
         return agent
 
 
-def _check_endpoint(url: str, model: str) -> None:
+def endpoint_policy() -> EndpointPolicy:
+    """What this machine allows: loopback, the environment's lists and the file in ComfyUI's user folder
+    (its root, which ComfyUI's /userdata API cannot write to). Never the graph's choice."""
+    user = Path(module("folder_paths").get_user_directory())
+    return EndpointPolicy.machine(user / CONFIG_FILE_NAME)
+
+
+def _check_endpoint(url: str, model: str, api_key_env: str) -> EndpointPolicy:
     if not str(url).strip().lower().startswith(("http://", "https://")):
         raise NodeError(
             f"endpoint_url must start with http:// or https:// (got {url!r}), e.g. http://127.0.0.1:8000/v1"
         )
     if not str(model).strip():
         raise NodeError("endpoint_model is empty: give the model name the server serves")
-
-
-def _probe(base_url: str) -> None:
-    """Fail on the loader, in plain words, when nothing answers at the URL; any HTTP answer will do."""
-    try:
-        with urllib.request.urlopen(base_url + "/models", timeout=PROBE_TIMEOUT):
-            return
-    except urllib.error.HTTPError:
-        return  # it answered; a server without /models is still a server
-    except OSError as error:  # refused, unresolvable, timed out
-        reason = getattr(error, "reason", error)
-        raise NodeError(
-            f"cannot reach the endpoint at {base_url}: {reason}. Start the server or fix endpoint_url"
-        ) from None
+    policy = endpoint_policy()
+    policy.check(url, "endpoint_url")
+    policy.check_key_env(api_key_env)
+    return policy
 
 
 class Planner:
@@ -262,24 +278,24 @@ class Planner:
                     {
                         "multiline": True,
                         "default": "",
-                        "tooltip": "What to illustrate: a story, a process, a recipe. With images, an <image> marker "
-                        "places each one in the text; without markers they come first.",
+                        "tooltip": "What to illustrate: a story, a process, a recipe. With images, an "
+                        "<image> marker places each one in the text; without markers they come first.",
                     },
                 ),
                 "mode": (
-                    ["auto", "narrative", "guidance"],
+                    list(settings.MODES),
                     {
-                        "default": "auto",
-                        "tooltip": "narrative: a story drawn from a white canvas. guidance: continue from your last "
-                        "image. auto: guidance when images are connected, narrative otherwise.",
+                        "default": settings.DEFAULT_MODE,
+                        "tooltip": "narrative: a story drawn from a white canvas. guidance: continue from "
+                        "your last image. auto: guidance when images are connected, narrative otherwise.",
                     },
                 ),
                 "max_steps": (
                     "INT",
                     {
-                        "default": 8,
+                        "default": settings.DEFAULT_MAX_STEPS,
                         "min": 1,
-                        "max": MAX_PLAN_STEPS,
+                        "max": settings.MAX_PLAN_STEPS,
                         "tooltip": "Plans longer than this are rejected and the Planner asked again.",
                     },
                 ),
@@ -295,21 +311,16 @@ class Planner:
 
     def plan(self, agent, instruction, mode, max_steps, seed, images=None):
         pictures = to_pil(images)
-        try:
+        with engine_errors("the Planner"):
             config = LoopConfig(max_steps=max_steps, seed=seed, mode=mode)
-            result = make_plan(agent, instruction, pictures, config=config, cancel=interrupted)
-        except Cancelled:
-            raise_interrupted()
-        except ProtocolError as error:
-            empty = "" if error.excerpt else " (its answer was empty)"
-            raise NodeError(
-                f"the Planner ({_name(agent)}) gave no valid plan: {error.reason}{empty}. Try another "
-                f"seed, a larger max_new_tokens, or a model trained for planning"
-            ) from None
-        except (MessageError, ValueError) as error:
-            raise NodeError(str(error)) from None
-        except AgentError as error:
-            raise NodeError(f"the Planner could not answer: {error}") from None
+            try:
+                result = make_plan(agent, instruction, pictures, config=config, cancel=interrupted)
+            except ProtocolError as error:
+                empty = "" if error.excerpt else " (its answer was empty)"
+                raise NodeError(
+                    f"the Planner ({_name(agent)}) gave no valid plan: {error.reason}{empty}. Try another "
+                    f"seed, a larger max_new_tokens, or a model trained for planning"
+                ) from None
         return (StoryPlan(result, instruction.strip(), pictures), result.plan.to_json())
 
 
@@ -318,16 +329,17 @@ class Critic:
 
     DESCRIPTION = (
         "Compares the before and after images with the step and answers accepted, or not accepted "
-        "with a refined prompt for another attempt. When its answer never parses, the image is kept "
-        "and the reasoning says so."
+        "with a refined prompt for another attempt. When its answer never parses, the verdict output "
+        "says unchecked and accepted is False."
     )
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("BOOLEAN", "STRING", "STRING")
-    RETURN_NAMES = ("accepted", "refined_prompt", "reasoning")
+    RETURN_TYPES = ("BOOLEAN", "STRING", "STRING", "STRING")
+    RETURN_NAMES = ("accepted", "refined_prompt", "reasoning", "verdict")
     OUTPUT_TOOLTIPS = (
-        "True when the after image does what the step asked (or the verdict never parsed).",
+        "True only when the Critic accepted the after image; False when it rejected it or gave no verdict.",
         "The prompt for the next attempt: the Critic's rewrite, or the prompt used when accepted.",
         "The Critic's reasoning, or why there is no verdict.",
+        "accepted, rejected, or unchecked (the Critic's answer never parsed: the picture was not judged).",
     )
     FUNCTION = "judge"
 
@@ -371,30 +383,17 @@ class Critic:
                 "the before image is {}x{} but the after image is {}x{}: the Critic compares pictures of one "
                 "size. Scale one of them first".format(*before_image.size, *after_image.size)
             )
-        messages = critic_messages(before_image, after_image, step_instruction, prompt_used)
-        resample = getattr(getattr(agent, "decoding", None), "resample_temperature", 0.7)
-        problem = ""
-        for attempt in range(CRITIC_TRIES):
-            if interrupted():
-                raise_interrupted()
-            try:
-                output = agent.complete(
-                    messages,
-                    seed=derive_seed(seed, "critic", attempt),
-                    temperature=None if attempt == 0 else resample,
-                )
-            except AgentError as error:
-                raise NodeError(f"the Critic could not answer: {error}") from None
-            try:
-                verdict = parse_verdict(output)
-            except ProtocolError as error:
-                problem = str(error)
-                continue
-            refined = prompt_used if verdict.accepted else (verdict.refine_prompt or prompt_used)
-            reasoning = verdict.reasoning or ("accepted" if verdict.accepted else "not accepted")
-            return (verdict.accepted, refined, reasoning)
-        reason = f"unchecked: no verdict after {CRITIC_TRIES} tries ({problem}); the image is kept"
-        return (True, prompt_used, reason)
+        with engine_errors("the Critic"):
+            judged = critique(
+                agent, before_image, after_image, step_instruction, prompt_used, seed=seed, cancel=interrupted
+            )
+        if judged.status == UNCHECKED:
+            reason = f"no verdict after {judged.tries} tries ({judged.error}); the picture was not judged"
+            return (False, prompt_used, reason, UNCHECKED)
+        verdict = judged.verdict
+        refined = prompt_used if judged.status == ACCEPTED else (verdict.refine_prompt or prompt_used)
+        reasoning = verdict.reasoning or judged.status
+        return (verdict.accepted, refined, reasoning, judged.status)
 
 
 def _name(agent) -> str:

@@ -1,22 +1,41 @@
 """ComfyUI's own modules, reached only while a node runs.
 
 The package must import without ComfyUI (unit tests, the CLI), and ComfyUI's top-level ``nodes`` module would
-collide with this package's ``nodes`` folder under a plain import, so every ComfyUI module is looked up here by
-its absolute name at call time.
+collide with this package's ``nodes`` folder under a plain import, so every ComfyUI module is looked up here
+by its absolute name at call time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from pathlib import Path
+
+from ..core.errors import BackendError, Cancelled, InterleaveThinkerError
 
 LLM_FOLDER = "LLM"  # models/LLM: the VLM folders Load Agent lists
 PREVIEW_SIZE = 512
 
 
-class NodeError(RuntimeError):
+class NodeError(InterleaveThinkerError, RuntimeError):
     """A problem the user can fix, worded for the node's error box."""
+
+
+@contextlib.contextmanager
+def engine_errors(who: str = ""):
+    """The one map from the engine's error tree to what a node shows: Cancel becomes ComfyUI's own interrupt,
+    a backend failure says who could not answer, anything else the engine raised is shown as it is worded."""
+    try:
+        yield
+    except Cancelled:
+        raise_interrupted()
+    except NodeError:
+        raise
+    except BackendError as error:
+        raise NodeError(f"{who} could not answer: {error}" if who else str(error)) from None
+    except InterleaveThinkerError as error:
+        raise NodeError(str(error)) from None
 
 
 def module(name: str):
@@ -41,7 +60,8 @@ def interrupted() -> bool:
 
 
 def raise_interrupted():
-    """Hand the stop back to ComfyUI as its own interrupt, so the run ends as "interrupted", not as an error."""
+    """Hand the stop back to ComfyUI as its own interrupt, so the run ends as "interrupted", not as an
+    error."""
     mm = module("comfy.model_management")
     mm.throw_exception_if_processing_interrupted()
     raise mm.InterruptProcessingException()
@@ -51,7 +71,8 @@ def raise_interrupted():
 
 
 class Progress:
-    """comfy.utils.ProgressBar with the node's previews: ("JPEG", PIL image, max size) is what ComfyUI sends."""
+    """comfy.utils.ProgressBar with the node's previews: ("JPEG", PIL image, max size) is what ComfyUI
+    sends."""
 
     def __init__(self, total: int):
         self.bar = module("comfy.utils").ProgressBar(max(1, total))
@@ -66,7 +87,8 @@ class Progress:
 
 
 def llm_folders() -> list[str]:
-    """The models/LLM search paths, registered with folder_paths on first use (extra_model_paths.yaml adds more)."""
+    """The models/LLM search paths, registered with folder_paths on first use (extra_model_paths.yaml adds
+    more)."""
     folder_paths = optional_module("folder_paths")
     if folder_paths is None:
         return []
@@ -109,8 +131,8 @@ def find_agent_folder(name: str) -> Path:
             return candidate
     looked = ", ".join(bases) or f"models/{LLM_FOLDER}"
     raise NodeError(
-        f"model folder {name!r} not found; looked in {looked}. Put a Hugging Face VLM folder (with config.json) "
-        f"there, or switch Load Agent to an OpenAI-compatible endpoint"
+        f"model folder {name!r} not found; looked in {looked}. Put a Hugging Face VLM folder (with "
+        f"config.json) there, or switch Load Agent to an OpenAI-compatible endpoint"
     )
 
 

@@ -2,8 +2,9 @@
 
 - Before an agent's weights go to the GPU, ComfyUI is asked to free that much memory (it moves its own models
   off), which is the ``make_room`` hook the engine's TransformersAgent calls.
-- Before the diffusion model samples, agents kept on the GPU ("keep on GPU") move to the CPU if the free memory
-  does not cover the model; they come back on their next call. Agents set to "offload" leave after each call.
+- Before the diffusion model samples, agents kept on the GPU ("keep on GPU") move to the CPU if the free
+  memory does not cover the model; they come back on their next call. Agents set to "offload" leave after each
+  call.
 So a Planner, a Critic and a generator run on a card that holds only the largest of them.
 """
 
@@ -56,8 +57,8 @@ def agent_device_type(agent) -> str | None:
 def release_agents_for(*models) -> int:
     """Move agents resident on the models' device to the CPU if the largest model would not fit beside them.
 
-    ``models`` are ComfyUI ModelPatchers (the diffusion model, the text encoder's, the VAE's); ComfyUI swaps its
-    own models in and out, so only the largest must fit at once. Returns how many agents moved.
+    ``models`` are ComfyUI ModelPatchers (the diffusion model, the text encoder's, the VAE's); ComfyUI swaps
+    its own models in and out, so only the largest must fit at once. Returns how many agents moved.
     """
     mm = module("comfy.model_management")
     models = [model for model in models if model is not None and model.load_device.type != "cpu"]

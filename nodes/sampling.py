@@ -2,8 +2,9 @@
 
 Text goes through ComfyUI's CLIPTextEncode, latents through its VAEEncode/VAEDecode, sampling through
 ``nodes.common_ksampler``; reference editing adds the encoded before image to the conditioning with
-``node_helpers.conditioning_set_values(..., {"reference_latents": [latent]}, append=True)``, exactly as the core
-ReferenceLatent node does. So every model family ComfyUI loads works, and the edit route is picked per family.
+``node_helpers.conditioning_set_values(..., {"reference_latents": [latent]}, append=True)``, exactly as the
+core ReferenceLatent node does. So every model family ComfyUI loads works, and the edit route is picked per
+family.
 """
 
 from __future__ import annotations
@@ -47,13 +48,14 @@ def resolve_route(model, requested: str) -> str:
         return REFERENCE if family in REFERENCE_CONFIGS and supports_reference(model) else IMG2IMG
     if requested == REFERENCE and not supports_reference(model):
         raise GeneratorError(
-            f"the loaded model ({family}) cannot edit by reference latent: it ignores the before image there. "
-            f"Choose img2img or text-to-image, or load an edit model (FLUX Kontext, FLUX.2, Qwen-Image-Edit)"
+            f"the loaded model ({family}) cannot edit by reference latent: it ignores the before image "
+            f"there. Choose img2img or text-to-image, or load an edit model (FLUX Kontext, FLUX.2, "
+            f"Qwen-Image-Edit)"
         )
     return requested
 
 
-class ComfySampler:
+class ComfyGenerator:
     """Text-to-image and edits with ComfyUI's sampling functions (the engine's Generator protocol)."""
 
     def __init__(
@@ -190,4 +192,4 @@ class ComfySampler:
         }
 
     def __repr__(self) -> str:
-        return f"ComfySampler({self.family}, edit_route={self.edit_route!r})"
+        return f"ComfyGenerator({self.family}, edit_route={self.edit_route!r})"

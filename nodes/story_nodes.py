@@ -7,35 +7,25 @@ import hashlib
 import os
 from pathlib import Path
 
-from ..core.agents import AgentError
-from ..core.generators.base import EDIT_ROUTE_CHOICES, GeneratorError
-from ..core.loop import (
-    MAX_ATTEMPTS_LIMIT,
-    MAX_SIZE,
-    MIN_SIZE,
-    Cancelled,
-    LoopConfig,
-    StepDone,
-    VerdictReady,
-    run_plan,
-)
-from ..core.protocol import MAX_PLAN_STEPS
-from ..core.storyboard import StoryboardError
-from .agent_nodes import SEED_MAX
+from ..core import settings
+from ..core.errors import BadInput
+from ..core.generators.base import EDIT_ROUTE_CHOICES
+from ..core.loop import LoopConfig, StepDone, VerdictReady, run_plan
+from ..core.stories import STORY_FILE_SUFFIXES, read_stories
+from ..core.storyboard import Storyboard, StoryboardError
 from .host import (
     NodeError,
     Progress,
+    engine_errors,
     input_directory,
     interrupted,
     module,
     output_directory,
-    raise_interrupted,
 )
 from .images import to_tensor
-from .sampling import ComfySampler
+from .sampling import ComfyGenerator
 from .types import AGENT, CATEGORY, PLAN, STORYBOARD, sampler_choices
 
-STORY_FILE_TYPES = (".txt", ".jsonl", ".ndjson")
 NO_FILE = "(none)"
 
 
@@ -81,7 +71,7 @@ class RefineLoop:
                     {
                         "default": 0,
                         "min": 0,
-                        "max": SEED_MAX,
+                        "max": settings.SEED_MAX,
                         "control_after_generate": True,
                         "tooltip": "Every step and attempt derives its noise seed from this one: same "
                         "seed, same storyboard.",
@@ -107,9 +97,9 @@ class RefineLoop:
                 "width": (
                     "INT",
                     {
-                        "default": 1024,
-                        "min": MIN_SIZE,
-                        "max": MAX_SIZE,
+                        "default": settings.DEFAULT_SIZE,
+                        "min": settings.MIN_SIZE,
+                        "max": settings.MAX_SIZE,
                         "step": 16,
                         "tooltip": "Width of pictures drawn from text (edits keep the before image's size).",
                     },
@@ -117,9 +107,9 @@ class RefineLoop:
                 "height": (
                     "INT",
                     {
-                        "default": 1024,
-                        "min": MIN_SIZE,
-                        "max": MAX_SIZE,
+                        "default": settings.DEFAULT_SIZE,
+                        "min": settings.MIN_SIZE,
+                        "max": settings.MAX_SIZE,
                         "step": 16,
                         "tooltip": "Height of pictures drawn from text.",
                     },
@@ -128,8 +118,8 @@ class RefineLoop:
                     list(EDIT_ROUTE_CHOICES),
                     {
                         "default": "auto",
-                        "tooltip": "How a step changes the before image. reference: the before image joins the "
-                        "conditioning (FLUX Kontext, FLUX.2, Qwen-Image-Edit). img2img: re-noise it by "
+                        "tooltip": "How a step changes the before image. reference: the before image joins "
+                        "the conditioning (FLUX Kontext, FLUX.2, Qwen-Image-Edit). img2img: re-noise it by "
                         "denoise. text-to-image: independent pictures. auto: reference for FLUX and "
                         "Qwen-Image models, img2img otherwise (pick img2img for plain FLUX.1 dev).",
                     },
@@ -137,7 +127,7 @@ class RefineLoop:
                 "denoise": (
                     "FLOAT",
                     {
-                        "default": 0.6,
+                        "default": settings.DEFAULT_STRENGTH,
                         "min": 0.01,
                         "max": 1.0,
                         "step": 0.01,
@@ -147,9 +137,9 @@ class RefineLoop:
                 "max_attempts": (
                     "INT",
                     {
-                        "default": 3,
+                        "default": settings.DEFAULT_MAX_ATTEMPTS,
                         "min": 1,
-                        "max": MAX_ATTEMPTS_LIMIT,
+                        "max": settings.MAX_ATTEMPTS_LIMIT,
                         "tooltip": "Pictures per step at most; the last one is kept if none is accepted.",
                     },
                 ),
@@ -190,8 +180,9 @@ class RefineLoop:
         critic=None,
         guidance=None,
     ):
-        try:
-            generator = ComfySampler(
+        story_plan = plan  # the PLAN input: a StoryPlan (the input's name is stored in saved workflows)
+        with engine_errors():
+            generator = ComfyGenerator(
                 model,
                 clip,
                 vae,
@@ -206,15 +197,13 @@ class RefineLoop:
             )
             config = LoopConfig(
                 max_attempts=max_attempts,
-                max_steps=MAX_PLAN_STEPS,
+                max_steps=settings.MAX_PLAN_STEPS,
                 seed=seed,
                 width=width,
                 height=height,
-                mode=plan.mode,
+                mode=story_plan.mode,
             )
-        except (GeneratorError, ValueError) as error:
-            raise NodeError(str(error)) from None
-        image_steps = [index for index, step in enumerate(plan.plan.steps) if step.makes_image]
+        image_steps = [index for index, step in enumerate(story_plan.steps) if step.makes_image]
         progress = Progress(len(image_steps) * max_attempts)
         done = {"attempts": 0}
 
@@ -227,25 +216,19 @@ class RefineLoop:
                 done["attempts"] = (image_steps.index(event.step_index) + 1) * max_attempts
                 progress.set(done["attempts"], preview=event.step.image)
 
-        try:
+        with engine_errors("the Critic"):
             story = run_plan(
-                plan.plan,
+                story_plan.plan,
                 generator,
                 critic,
-                instruction=plan.instruction,
-                images=plan.images,
-                mode=plan.mode,
+                instruction=story_plan.instruction,
+                images=story_plan.images,
+                mode=story_plan.mode,
                 config=config,
                 on_event=on_event,
                 cancel=interrupted,
-                planning=plan.planning,
+                planning=story_plan.planning,
             )
-        except Cancelled:
-            raise_interrupted()
-        except GeneratorError as error:
-            raise NodeError(str(error)) from None
-        except AgentError as error:
-            raise NodeError(f"the Critic could not answer: {error}") from None
         story.settings["sampling"] = generator.settings()
         # Every picture of a story has one size: the first step's, which every edit keeps.
         attempts = [attempt.image for attempt in story.attempts]
@@ -253,7 +236,8 @@ class RefineLoop:
 
 
 class PlanToPrompts:
-    """A plan as lists, for graphs built from core nodes (Planner -> Plan to Prompts -> KSampler -> Critic)."""
+    """A plan as lists, for graphs built from core nodes (Planner -> Plan to Prompts -> KSampler ->
+    Critic)."""
 
     DESCRIPTION = (
         "Turns a plan into lists: one generator prompt and one reader text per image step, so every "
@@ -275,17 +259,18 @@ class PlanToPrompts:
         return {"required": {"plan": (PLAN, {"tooltip": "The plan, from the Planner."})}}
 
     def split(self, plan):
-        steps = [step for step in plan.plan.steps if step.makes_image]
+        steps = [step for step in plan.steps if step.makes_image]
         if not steps:
             raise NodeError(
                 "this plan has no step with a prompt for the image model, so there is nothing to draw"
             )
-        story = "\n\n".join(step.display_text for step in plan.plan.steps if step.display_text)
+        story = "\n\n".join(step.display_text for step in plan.steps if step.display_text)
         return ([step.prompt for step in steps], [step.display_text for step in steps], story)
 
 
 class SaveStoryboard:
-    """Writes a storyboard folder (storyboard.json, PNGs, index.html, story.md) under ComfyUI's output folder."""
+    """Writes a storyboard folder (storyboard.json, PNGs, index.html, story.md) under ComfyUI's output
+    folder."""
 
     DESCRIPTION = (
         "Saves the storyboard as a folder in ComfyUI's output folder: storyboard.json, the step and "
@@ -335,7 +320,7 @@ class SaveStoryboard:
         images = []
         for step in story.steps:
             if step.image is not None:
-                path = folder / "steps" / f"step-{step.number:02d}.png"
+                path = folder / Storyboard.step_file(step)
                 images.append(
                     {
                         "filename": path.name,
@@ -369,14 +354,16 @@ class StoryList:
                     {
                         "multiline": True,
                         "default": "",
-                        "tooltip": "One instruction a line; blank lines and lines starting with # are skipped.",
+                        "tooltip": "One instruction a line; blank lines and lines starting with # are "
+                        "skipped.",
                     },
                 ),
                 "file": (
                     [NO_FILE] + _story_files(),
                     {
                         "default": NO_FILE,
-                        "tooltip": 'A .txt file (one instruction a line) or .jsonl file ({"instruction": ...} a line) '
+                        "tooltip": "A .txt file (one instruction a line) or .jsonl file "
+                        '({"instruction": ...} a line) '
                         "in ComfyUI's input folder, read after the text box.",
                     },
                 ),
@@ -425,14 +412,16 @@ def _story_files() -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(
-        path.name for path in folder.iterdir() if path.is_file() and path.suffix.lower() in STORY_FILE_TYPES
+        path.name
+        for path in folder.iterdir()
+        if path.is_file() and path.suffix.lower() in STORY_FILE_SUFFIXES
     )
 
 
 def _story_path(name: str) -> Path:
     folder = input_directory()
     path = folder / name
-    if Path(name).name != name or path.suffix.lower() not in STORY_FILE_TYPES:
+    if Path(name).name != name or path.suffix.lower() not in STORY_FILE_SUFFIXES:
         raise NodeError(f"choose a .txt or .jsonl file directly in the input folder (got {name!r})")
     if not path.is_file():
         raise NodeError(f"story file {name!r} not found in the input folder {folder}")
@@ -440,11 +429,9 @@ def _story_path(name: str) -> Path:
 
 
 def _read_story_file(path: Path) -> list[str]:
-    from ..core.cli import UsageError, read_stories
-
     try:
         items = read_stories(path)
-    except UsageError as error:
+    except BadInput as error:
         raise NodeError(str(error)) from None
     problems = [item.error for item in items if item.error]
     problems += [

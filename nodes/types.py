@@ -1,4 +1,5 @@
-"""The values that travel between the nodes: AGENT (an engine agent), PLAN (below), STORYBOARD (the engine's)."""
+"""The values that travel between the nodes: AGENT (an engine agent), PLAN (below), STORYBOARD (the
+engine's)."""
 
 from __future__ import annotations
 
@@ -84,6 +85,10 @@ class StoryPlan:
     @property
     def plan(self) -> Plan:
         return self.planning.plan
+
+    @property
+    def steps(self):
+        return self.planning.plan.steps
 
     @property
     def mode(self) -> str:

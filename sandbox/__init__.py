@@ -1,9 +1,5 @@
-"""The sandbox world: procedural scenes with ground truth, for demos and honest evaluation.
+"""The sandbox world: procedural scenes with ground truth, for demos, honest evaluation and the tiny agents.
 
-Importing the package adds ``demo``, ``eval`` and the ``sandbox`` generator to the ``interleave-thinker``
-command line; the heavy parts load only when a command runs.
+Its commands (``demo``, ``eval``) and its ``sandbox`` generator are listed in ``sandbox/cli.py``; importing
+the package registers nothing.
 """
-
-from .cli import install as _install
-
-_install()

@@ -1,4 +1,5 @@
-"""The sandbox's subcommands ``demo`` and ``eval`` and its ``sandbox`` generator, added to the engine CLI."""
+"""The sandbox's commands ``demo`` and ``eval`` and its ``sandbox`` generator, for the ``interleave-thinker``
+program (``interleave_thinker/cli.py`` lists them beside the engine's ``run`` and ``batch``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..core import cli as core_cli
-from ..core.cli import EXIT_OK, UsageError
+from ..core import settings
+from ..core.cli import EXIT_OK, Command, check_agent_options, endpoint_policy, quiet_libraries
+from ..core.errors import BadInput
+from .shipped import MAX_NEW_TOKENS
 
 
 def _progress(quiet: bool, label: str):
@@ -20,7 +23,7 @@ def _progress(quiet: bool, label: str):
     )
 
 
-def _agent_options(args: argparse.Namespace, model: str | None):
+def _agent_options(args: argparse.Namespace, spec: str, model: str | None):
     from .shipped import AgentOptions
 
     return AgentOptions(
@@ -28,6 +31,7 @@ def _agent_options(args: argparse.Namespace, model: str | None):
         api_key_env=getattr(args, "api_key_env", None),
         max_new_tokens=args.max_new_tokens,
         device=args.device,
+        policy=endpoint_policy(args, spec),  # the URL was typed by the person running the command
     )
 
 
@@ -35,9 +39,9 @@ def _load(spec: str, role: str, args: argparse.Namespace, model: str | None):
     from .shipped import SpecError, load
 
     try:
-        return load(spec, role, _agent_options(args, model))
+        return load(spec, role, _agent_options(args, spec, model))
     except SpecError as error:
-        raise UsageError(str(error)) from None
+        raise BadInput(str(error)) from None
 
 
 def _agent_labels(planner_spec: str, critic_spec: str, planner, critic) -> dict[str, str]:
@@ -65,7 +69,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .shipped import default_demo_critic, default_planner
 
     if args.tasks < 1:
-        raise UsageError(f"--tasks must be at least 1, got {args.tasks}")
+        raise BadInput(f"--tasks must be at least 1, got {args.tasks}")
     planner_spec = args.planner or default_planner()
     critic_spec = args.critic or default_demo_critic()
     planner = _load(planner_spec, "planner", args, args.planner_model)
@@ -101,7 +105,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .tasks import TaskError, load_tasks, make_tasks
 
     if args.tasks < 1:
-        raise UsageError(f"--tasks must be at least 1, got {args.tasks}")
+        raise BadInput(f"--tasks must be at least 1, got {args.tasks}")
     try:
         tasks = (
             load_tasks(args.tasks_file)
@@ -109,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             else make_tasks(args.split, args.tasks, seed=args.task_seed)
         )
     except TaskError as error:
-        raise UsageError(str(error)) from None
+        raise BadInput(str(error)) from None
     planner_spec = args.planner or default_planner()
     planner = _load(planner_spec, "planner", args, args.planner_model)
     critics = args.critic or default_critics()
@@ -157,9 +161,9 @@ def _eval_storyboards(args: argparse.Namespace) -> int:
     )
 
     if not Path(args.storyboards).exists():
-        raise UsageError(f"--storyboards: not found: {args.storyboards}")
+        raise BadInput(f"--storyboards: not found: {args.storyboards}")
     if not find_storyboards(args.storyboards):
-        raise UsageError(f"--storyboards: no storyboard.json in or below {args.storyboards}")
+        raise BadInput(f"--storyboards: no storyboard.json in or below {args.storyboards}")
     if args.judge == "oracle":
         judge = OracleRubricJudge()
     else:
@@ -176,28 +180,36 @@ def _eval_storyboards(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-attempts", type=int, default=3, help="generations per step (default 3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the runs (default 0)")
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=settings.DEFAULT_MAX_ATTEMPTS,
+        help=f"generations per step (default {settings.DEFAULT_MAX_ATTEMPTS})",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=settings.DEFAULT_SEED,
+        help=f"seed of the runs (default {settings.DEFAULT_SEED})",
+    )
     parser.add_argument("--planner-model", metavar="NAME", help="model name served at a --planner URL")
     parser.add_argument("--critic-model", metavar="NAME", help="model name served at a --critic URL")
     parser.add_argument(
         "--api-key-env", metavar="VAR", help="environment variable holding an endpoint's API key"
     )
     parser.add_argument(
-        "--max-new-tokens", type=int, default=400, help="bound on each agent answer (default 400)"
+        "--max-new-tokens",
+        type=int,
+        default=MAX_NEW_TOKENS,
+        help=f"bound on each agent answer (default {MAX_NEW_TOKENS}: sandbox answers are short)",
     )
-    parser.add_argument("--device", default="auto", help="device for local agents: auto, cpu, cuda, mps")
+    parser.add_argument(
+        "--device", default=settings.DEFAULT_DEVICE, help="device for local agents: auto, cpu, cuda, mps"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def register(sub) -> None:
-    demo = sub.add_parser(
-        "demo",
-        help="run the offline sandbox demo",
-        description="Run a handful of sandbox test tasks through the full refine loop, offline, and write "
-        "browsable storyboards with an index.html. Uses the shipped tiny agents when they are "
-        "installed, else the sandbox's oracle agents (labelled as such).",
-    )
+def _configure_demo(demo: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--out", default="interleave-demo", metavar="DIR", help="output folder (default ./interleave-demo)"
     )
@@ -205,15 +217,9 @@ def register(sub) -> None:
     demo.add_argument("--planner", metavar="SPEC", help="oracle, shipped, a model folder or a URL")
     demo.add_argument("--critic", metavar="SPEC", help="oracle, sft, grpo, none, a model folder or a URL")
     _common(demo)
-    demo.set_defaults(handler=_guard(cmd_demo))
 
-    ev = sub.add_parser(
-        "eval",
-        help="measure Planner and Critic in the sandbox, or score saved storyboards",
-        description="Run a sandbox task split with each Critic and print valid-plan rate, step and story "
-        "success, attempts per step and Critic verdict accuracy; write table.md, results.json and "
-        "plot.png. With --storyboards, score saved storyboards step by step with a judge instead.",
-    )
+
+def _configure_eval(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--split", default="test", choices=("train", "test"), help="task split (default test)")
     ev.add_argument("--tasks", type=int, default=200, help="how many tasks of the split (default 200)")
     ev.add_argument("--tasks-file", metavar="JSONL", help="tasks saved by the sandbox instead of a split")
@@ -247,36 +253,26 @@ def register(sub) -> None:
     )
     ev.add_argument("--judge-model", metavar="NAME", help="model name served at a --judge URL")
     _common(ev)
-    ev.set_defaults(handler=_guard(cmd_eval))
 
 
 def _guard(handler):
-    """Turn sandbox errors into the engine's bad-input exit."""
+    """Check the shared options first, and turn the sandbox's own errors into the engine's bad input."""
 
     def run(args):
         from .language import LanguageError
         from .world import WorldError
 
-        if not 1 <= args.max_attempts <= 10:
-            raise UsageError(f"--max-attempts must be between 1 and 10, got {args.max_attempts}")
-        if not 1 <= args.max_new_tokens <= 32768:
-            raise UsageError(f"--max-new-tokens must be between 1 and 32768, got {args.max_new_tokens}")
-        if args.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {args.seed}")
-        if getattr(args, "api_key_env", None):
-            import os
-
-            if not os.environ.get(args.api_key_env):
-                raise UsageError(f"--api-key-env: environment variable {args.api_key_env} is not set")
+        settings.check_range("--max-attempts", args.max_attempts, 1, settings.MAX_ATTEMPTS_LIMIT)
+        settings.check_range("--seed", args.seed, 0, settings.SEED_MAX)
+        check_agent_options(args)
+        if args.quiet:
+            quiet_libraries()
         try:
             return handler(args)
         except (WorldError, LanguageError) as error:
-            raise UsageError(str(error)) from None
+            raise BadInput(str(error)) from None
 
     return run
-
-
-_REGISTERED = False
 
 
 def _sandbox_generator(args: argparse.Namespace):
@@ -286,14 +282,26 @@ def _sandbox_generator(args: argparse.Namespace):
     return SandboxGenerator()
 
 
-def install() -> None:
-    """Add demo, eval and the 'sandbox' generator to the engine CLI (once)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    core_cli._EXTRA_COMMANDS.append(register)
-    core_cli.register_generator("sandbox", _sandbox_generator)
-    _REGISTERED = True
+GENERATORS = {"sandbox": _sandbox_generator}
+COMMANDS = [
+    Command(
+        "demo",
+        "run the offline sandbox demo",
+        "Run a handful of sandbox test tasks through the full refine loop, offline, and write browsable "
+        "storyboards with an index.html. Uses the shipped tiny agents when they are installed, else the "
+        "sandbox's oracle agents (labelled as such).",
+        _configure_demo,
+        _guard(cmd_demo),
+    ),
+    Command(
+        "eval",
+        "measure Planner and Critic in the sandbox, or score saved storyboards",
+        "Run a sandbox task split with each Critic and print valid-plan rate, step and story success, "
+        "attempts per step and Critic verdict accuracy; write table.md, results.json and plot.png. With "
+        "--storyboards, score saved storyboards step by step with a judge instead.",
+        _configure_eval,
+        _guard(cmd_eval),
+    ),
+]
 
-
-__all__ = ["cmd_demo", "cmd_eval", "install", "register"]
+__all__ = ["COMMANDS", "GENERATORS", "cmd_demo", "cmd_eval"]

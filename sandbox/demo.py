@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.agents.base import Agent
+from ..core.pages import escape, page
 from ..core.storyboard import Storyboard
 from .evaluate import TaskResult, run_task, score_story
 from .tasks import Task, make_tasks
@@ -66,7 +66,7 @@ def run_demo(
             story.save(out / task.id, overwrite=True)
             folder = task.id
         stories.append(DemoStory(task, folder, score_story(task, story, error), story, error))
-    from ..core.cli import atomic_write_text
+    from ..core.files import atomic_write_text
 
     atomic_write_text(out / "index.html", render_index(stories, labels))
     atomic_write_text(
@@ -94,10 +94,9 @@ def run_demo(
     return out / "index.html", stories
 
 
+# On top of the shared page style (core/pages.py).
 _CSS = """
-body{font:16px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
-color:#1d1d1f;background:#fafafa}
-h1{font-size:1.5em}.meta{color:#555;font-size:.9em}
+body{max-width:980px}
 .story{background:#fff;border-radius:12px;box-shadow:0 1px 4px #0002;margin:1.4em 0;padding:1em 1.2em}
 .story h2{font-size:1.05em;margin:.2em 0 .6em}
 .strip{display:flex;gap:.8em;flex-wrap:wrap;align-items:flex-start}
@@ -105,20 +104,15 @@ h1{font-size:1.5em}.meta{color:#555;font-size:.9em}
 border:1px solid #ddd;border-radius:6px}
 .strip figcaption{font-size:.78em;color:#333}
 .attempt{display:flex;gap:.4em;margin-top:.4em}.strip .attempt img{width:48px;height:48px;flex:none}
-.ok{color:#14532d}.bad{color:#7f1d1d}.input img{border-style:dashed}
-.badge{display:inline-block;font-size:.75em;padding:.05em .6em;border-radius:1em;background:#eee;
-margin-left:.4em}
+figcaption .ok,figcaption .bad{background:none}.input img{border-style:dashed}
 """
 
 
 def render_index(stories: Sequence[DemoStory], labels: dict[str, str]) -> str:
-    e = html.escape
+    e = escape
     right = sum(sum(s.result.steps) for s in stories)
     total = sum(len(s.result.steps) for s in stories)
     out = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        '<meta name=viewport content="width=device-width,initial-scale=1">',
-        f"<title>InterleaveThinker sandbox demo</title><style>{_CSS}</style></head><body>",
         "<h1>InterleaveThinker sandbox demo</h1>",
         "<p class=meta>Each story went through the full refine loop: the Planner planned it, the sandbox "
         "generator "
@@ -142,7 +136,7 @@ def render_index(stories: Sequence[DemoStory], labels: dict[str, str]) -> str:
         if s.folder and s.story is not None:
             for i in range(len(s.story.input_images)):
                 figures.append(
-                    f'<figure class=input><img src="{e(s.folder)}/inputs/input-{i + 1:02d}.png" '
+                    f'<figure class=input><img src="{e(s.folder)}/{Storyboard.input_file(i)}" '
                     f'alt="input {i + 1}"><figcaption>given picture {i + 1}</figcaption></figure>'
                 )
             for index, step in enumerate(s.story.steps):
@@ -151,7 +145,7 @@ def render_index(stories: Sequence[DemoStory], labels: dict[str, str]) -> str:
                 count = len(step.attempts)
                 attempts = f" · {count} attempt{'' if count == 1 else 's'}" if count else ""
                 image = (
-                    f'<img src="{e(s.folder)}/steps/step-{step.number:02d}.png" alt="step {step.number}">'
+                    f'<img src="{e(s.folder)}/{Storyboard.step_file(step)}" alt="step {step.number}">'
                     if step.image is not None
                     else ""
                 )
@@ -162,19 +156,18 @@ def render_index(stories: Sequence[DemoStory], labels: dict[str, str]) -> str:
         else:
             figures.append(f"<p class=bad>No valid plan: {e(s.error)}</p>")
         out.append("<div class=strip>" + "".join(figures) + "</div></section>")
-    out.append("</body></html>")
-    return "\n".join(out)
+    return page("InterleaveThinker sandbox demo", "\n".join(out), _CSS)
 
 
 def _attempt_list(folder: str, step) -> str:
     """Every attempt of a step: a thumbnail, the Critic's verdict, the prompt and the Critic's reasoning."""
     if len(step.attempts) < 2:
         return ""
-    e = html.escape
+    e = escape
     rows = []
     for attempt in step.attempts:
         reason = attempt.verdict.reasoning if attempt.verdict else attempt.critic_error
-        src = f"{folder}/attempts/step-{step.number:02d}-attempt-{attempt.number}.png"
+        src = f"{folder}/{Storyboard.attempt_file(step, attempt)}"
         rows.append(
             f'<div class=attempt><img src="{e(src)}" alt="attempt {attempt.number}">'
             f"<span><b>{attempt.number}</b> {e(attempt.status)}: <code>{e(attempt.prompt)}</code>"

@@ -121,7 +121,6 @@ def run_task(
         width=task.width,
         height=task.height,
         mode=task.mode,
-        max_steps=12,
     )
     try:
         story = run_story(
@@ -280,7 +279,7 @@ def _json_safe(value):
 def write_reports(reports: Sequence[Report], folder: str | Path) -> dict[str, Path | None]:
     """results.json, table.md and plot.png in ``folder``, each written atomically. The plot needs matplotlib
     (the ``train`` extra); without it ``plot`` is None."""
-    from ..core.cli import atomic_write_text
+    from ..core.files import atomic_write_text
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

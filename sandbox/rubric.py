@@ -197,7 +197,7 @@ def format_scores(scores: Sequence[StoryScore], judge_name: str) -> str:
 
 
 def write_scores(scores: Sequence[StoryScore], path: str | Path) -> Path:
-    from ..core.cli import atomic_write_text
+    from ..core.files import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

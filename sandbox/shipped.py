@@ -13,8 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core import settings
 from ..core.agents import Decoding, is_url
 from ..core.agents.base import Agent
+from ..core.endpoints import EndpointPolicy
+from ..core.errors import BadInput
 from .oracle import OracleCritic, OraclePlanner
 
 AGENTS_DIR = Path(__file__).resolve().parent / "agents"
@@ -24,8 +27,8 @@ LABELS = {"none": "no critic", "oracle": "oracle critic", "sft": "SFT critic", "
 MAX_NEW_TOKENS = 400
 
 
-class SpecError(ValueError):
-    pass
+class SpecError(BadInput):
+    """A spec that names no agent the sandbox can load."""
 
 
 def shipped(name: str) -> Path | None:
@@ -51,8 +54,9 @@ class AgentOptions:
     model: str | None = None
     api_key_env: str | None = None
     max_new_tokens: int = MAX_NEW_TOKENS
-    device: str = "auto"
-    timeout: float = 120.0
+    device: str = settings.DEFAULT_DEVICE
+    timeout: float = settings.DEFAULT_HTTP_TIMEOUT
+    policy: EndpointPolicy | None = None  # which endpoints and key variables may be used
 
 
 def label(spec: str, role: str = "critic") -> str:
@@ -89,26 +93,20 @@ def load(spec: str, role: str, options: AgentOptions = AgentOptions()) -> Agent 
                 "train one (see the README) or use oracle"
             )
         spec = str(folder)
-    from ..core.agents import load_agent
+    from ..core.agents import AgentSpecError, load_agent
 
-    decoding = Decoding(max_new_tokens=options.max_new_tokens)
-    if is_url(spec):
-        if not options.model:
-            raise SpecError(f"{spec} is a URL: name the served model")
+    try:
         return load_agent(
             spec,
             model=options.model,
             api_key_env=options.api_key_env,
-            decoding=decoding,
+            decoding=Decoding(max_new_tokens=options.max_new_tokens),
+            device=options.device,
             timeout=options.timeout,
+            policy=options.policy,
         )
-    folder = Path(spec).expanduser()
-    if not (folder / "config.json").is_file():
-        raise SpecError(
-            f"{folder} is not a model folder (no config.json); use oracle, none, sft, grpo, a model "
-            "folder or a URL"
-        )
-    return load_agent(str(folder), decoding=decoding, device=options.device)
+    except AgentSpecError as error:
+        raise SpecError(f"{error}; use oracle, none, sft, grpo, a model folder or a URL") from None
 
 
 __all__ = [

@@ -348,7 +348,7 @@ def make_tasks(
 
 
 def save_tasks(tasks: Iterable[Task], path: str | Path) -> Path:
-    from ..core.cli import atomic_write_text
+    from ..core.files import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,11 @@ runs these steps, each a command of its own (printed as it runs, so any step can
    and the Planner alone (``WORK/eval-planner``).
 
 ``--install`` copies the three ``final/`` folders to ``sandbox/agents/{planner,critic-sft,critic-grpo}``,
-where ``demo`` and ``eval`` find them, then runs the short version too (``WORK/short``) and records the headline
-metrics of both in ``sandbox/agents/metrics.json``. ``--short`` runs every step on less data for fewer steps
-(a few minutes) and says whether its metrics land within ``BAND`` of the recorded short run: retraining
-reproduces the shipped agents. ``--resume`` skips the steps whose output is already in the work folder.
+where ``demo`` and ``eval`` find them, then runs the short version too (``WORK/short``) and records the
+headline metrics of both in ``sandbox/agents/metrics.json``. ``--short`` runs every step on less data for
+fewer steps (a few minutes) and says whether its metrics land within ``BAND`` of the recorded short run:
+retraining reproduces the shipped agents. ``--resume`` skips the steps whose output is already in the work
+folder.
 """
 
 from __future__ import annotations
@@ -30,16 +31,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..core.cli import atomic_write_text
+from ..core.files import atomic_write_text
 from .shipped import AGENTS_DIR, SHIPPED
 
 RECIPES = AGENTS_DIR / "recipes"
-# About 1.2 M parameters (5 MB). The templates' fixed text is one token per line, so a Critic prompt is about 60
-# tokens instead of 700 and a CPU trains on what varies. Untied embeddings: tied ones let words a tiny model
-# cannot predict yet (colours, shapes) collapse to one vector early on, and then it can no longer copy them.
+# About 1.2 M parameters (5 MB). The templates' fixed text is one token per line, so a Critic prompt is about
+# 60 tokens instead of 700 and a CPU trains on what varies. Untied embeddings: tied ones let words a tiny
+# model cannot predict yet (colours, shapes) collapse to one vector early on, and then it can no longer copy
+# them.
 # The vision tower stays random and frozen (the recipes say freeze_vision: true), with a unit-scale position
-# embedding so that each cell's token says where it is: trained along with the language model, the random tower
-# collapsed every cell to the same vector within a few hundred steps and the agents could not see.
+# embedding so that each cell's token says where it is: trained along with the language model, the random
+# tower collapsed every cell to the same vector within a few hundred steps and the agents could not see.
 BASE = {
     "hidden_size": 128,
     "layers": 4,
@@ -52,8 +54,8 @@ BASE = {
     "tie_embeddings": False,
     "vision_position_scale": 1.0,
 }
-# The short version: the same scripts and recipes on less data for fewer steps (about 10 minutes). A test retrains
-# it and checks its metrics against those recorded when the shipped agents were installed.
+# The short version: the same scripts and recipes on less data for fewer steps (about 10 minutes). A test
+# retrains it and checks its metrics against those recorded when the shipped agents were installed.
 SHORT = {
     "tasks": 400,
     "planner_steps": 150,
@@ -71,9 +73,9 @@ FULL = {
     "max_new_tokens": 400,
 }
 RECORD = AGENTS_DIR / "metrics.json"
-# How far a rate of a retrained short run may land from the recorded one. Training on a CPU is deterministic for
-# one torch build and thread count; the band absorbs what another build or core count changes (a greedy answer
-# that flips on one token moves a rate of 20 tasks by a few points).
+# How far a rate of a retrained short run may land from the recorded one. Training on a CPU is deterministic
+# for one torch build and thread count; the band absorbs what another build or core count changes (a greedy
+# answer that flips on one token moves a rate of 20 tasks by a few points).
 BAND = 0.10
 
 
@@ -122,9 +124,9 @@ def train(
     resume: bool = False,
     seed: int = 0,
 ) -> dict:
-    """Run every step into ``work``; return the evaluation tables of the Critics and of the Planner (``critic``,
-    ``planner``) and the headline ``metrics``. With ``resume``, steps whose output exists are not run again
-    (the evaluations always run)."""
+    """Run every step into ``work``; return the evaluation tables of the Critics and of the Planner
+    (``critic``, ``planner``) and the headline ``metrics``. With ``resume``, steps whose output exists are not
+    run again (the evaluations always run)."""
     work = Path(work)
 
     def done(path: Path) -> Path | None:
@@ -289,8 +291,8 @@ def summarise(work: str | Path) -> dict[str, float | None]:
 
 
 def recorded(which: str = "short", seed: int = 0) -> dict[str, float | None] | None:
-    """The metrics recorded when the shipped agents were installed (``full`` or ``short``), if any were recorded
-    with this seed."""
+    """The metrics recorded when the shipped agents were installed (``full`` or ``short``), if any were
+    recorded with this seed."""
     if not RECORD.is_file():
         return None
     record = json.loads(RECORD.read_text(encoding="utf-8"))

@@ -40,7 +40,8 @@ def colour_of(*parts) -> tuple[int, int, int]:
 
 
 class PaintGenerator:
-    """Deterministic pictures: a colour from (prompt, seed); an edit paints a band of it over the before image."""
+    """Deterministic pictures: a colour from (prompt, seed); an edit paints a band of it over the before
+    image."""
 
     name = "paint"
 
@@ -76,7 +77,10 @@ def plan_text(*prompts, literal: bool = True, think: str = "planning") -> str:
 
 
 def verdict_text(accepted: bool, prompt: str = "", think: str = "looked") -> str:
-    return f"<think>{think}</think><answer>{{'previous_step_success': {accepted}, 'refine_prompt': {prompt!r}}}</answer>"
+    return (
+        f"<think>{think}</think><answer>{{'previous_step_success': {accepted}, "
+        f"'refine_prompt': {prompt!r}}}</answer>"
+    )
 
 
 def pixels(image: Image.Image) -> bytes:

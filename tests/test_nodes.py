@@ -21,6 +21,7 @@ from helpers import ChatServer, ScriptedAgent, free_port, plan_text, verdict_tex
 from PIL import Image
 
 from interleave_thinker import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from interleave_thinker.core import settings
 from interleave_thinker.core.generators.base import GeneratorError
 from interleave_thinker.nodes import agent_nodes, memory, sampling, story_nodes
 from interleave_thinker.nodes.host import NodeError
@@ -178,6 +179,7 @@ class FakeComfy:
         paths.get_folder_paths = lambda name: list(paths.folder_names_and_paths[name][0])
         paths.get_input_directory = lambda: str(root / "input")
         paths.get_output_directory = lambda: str(root / "output")
+        paths.get_user_directory = lambda: str(root / "user")
         paths.get_save_image_path = self._save_path
         package = types.ModuleType("comfy")
         package.model_management, package.utils = mm, utils
@@ -242,10 +244,12 @@ def test_load_agent_lists_models_llm_and_registers_it(comfy):
 
 
 def test_a_missing_model_folder_is_reported_with_where_it_looked(comfy):
-    message = agent_nodes.LoadAgent.VALIDATE_INPUTS(agent_nodes.LOCAL, "gone", "", "")
+    message = agent_nodes.LoadAgent.VALIDATE_INPUTS(agent_nodes.LOCAL, "gone", "", "", "")
     assert "'gone' not found" in message and os.path.join(comfy.folder_paths.models_dir, "LLM") in message
     assert "outside" not in message
-    assert "inside models/LLM" in agent_nodes.LoadAgent.VALIDATE_INPUTS(agent_nodes.LOCAL, "../etc", "", "")
+    validate = agent_nodes.LoadAgent.VALIDATE_INPUTS
+    assert "inside models/LLM" in validate(agent_nodes.LOCAL, "../etc", "", "", "")
+    assert "inside models/LLM" in validate(agent_nodes.LOCAL, "/etc/passwd", "", "", "")
     with pytest.raises(NodeError, match="not found; looked in"):
         agent_nodes.LoadAgent().load(
             agent_nodes.LOCAL, "gone", "", "", "", "auto", "cpu", agent_nodes.KEEP, 16, 0.0
@@ -254,15 +258,47 @@ def test_a_missing_model_folder_is_reported_with_where_it_looked(comfy):
 
 def test_endpoint_settings_are_checked_before_running(comfy):
     validate = agent_nodes.LoadAgent.VALIDATE_INPUTS
-    assert validate(agent_nodes.ENDPOINT, "", "http://127.0.0.1:8000/v1", "qwen") is True
-    assert "must start with http" in validate(agent_nodes.ENDPOINT, "", "127.0.0.1:8000", "qwen")
-    assert "endpoint_model is empty" in validate(agent_nodes.ENDPOINT, "", "http://127.0.0.1:8000/v1", " ")
-    assert "backend must be" in validate("carrier pigeon", "", "", "")
+    assert validate(agent_nodes.ENDPOINT, "", "http://127.0.0.1:8000/v1", "qwen", "") is True
+    assert "must start with http" in validate(agent_nodes.ENDPOINT, "", "127.0.0.1:8000", "qwen", "")
+    assert "endpoint_model is empty" in validate(agent_nodes.ENDPOINT, "", "http://127.0.0.1:8000/v1", " ", "")
+    assert "backend must be" in validate("carrier pigeon", "", "", "", "")
+
+
+def test_a_graph_cannot_choose_a_foreign_host_or_a_secret(comfy, monkeypatch):
+    """A shared workflow naming another host and a secret variable is refused before anything is sent or
+    read, with a message saying how the machine's owner allows them on purpose."""
+    validate = agent_nodes.LoadAgent.VALIDATE_INPUTS
+    monkeypatch.delenv("INTERLEAVE_THINKER_ALLOWED_ENDPOINTS", raising=False)
+    monkeypatch.delenv("INTERLEAVE_THINKER_ALLOWED_KEY_ENV", raising=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "top-secret-value")
+    host = validate(agent_nodes.ENDPOINT, "", "http://attacker.example:8000/v1", "m", "")
+    assert "not allowed on this machine" in host and "INTERLEAVE_THINKER_ALLOWED_ENDPOINTS" in host
+    assert "interleave_thinker_endpoints.json" in host
+    secret = validate(agent_nodes.ENDPOINT, "", "http://127.0.0.1:8000/v1", "m", "AWS_SECRET_ACCESS_KEY")
+    assert "not allowed to hold an API key" in secret and "top-secret-value" not in secret
+    with pytest.raises(NodeError) as refused:
+        agent_nodes.LoadAgent().load(
+            agent_nodes.ENDPOINT, "", "http://127.0.0.1:1/v1", "m", "AWS_SECRET_ACCESS_KEY",
+            "auto", "auto", agent_nodes.KEEP, 16, 0.0,
+        )  # fmt: skip
+    assert "top-secret-value" not in str(refused.value)
+
+
+def test_the_machine_allows_a_host_and_a_key_variable_in_comfyuis_user_folder(comfy, monkeypatch):
+    monkeypatch.setenv("TEAM_KEY", "sekret")
+    validate = agent_nodes.LoadAgent.VALIDATE_INPUTS
+    user = Path(comfy.folder_paths.get_user_directory())
+    user.mkdir(parents=True)
+    (user / "interleave_thinker_endpoints.json").write_text(
+        json.dumps({"endpoints": ["gpu-box.lan:8000"], "api_key_env": ["TEAM_KEY"]})
+    )
+    assert validate(agent_nodes.ENDPOINT, "", "http://gpu-box.lan:8000/v1", "m", "TEAM_KEY") is True
+    assert "not allowed" in validate(agent_nodes.ENDPOINT, "", "http://gpu-box.lan:9999/v1", "m", "")
 
 
 def test_an_unreachable_endpoint_fails_on_the_loader(comfy):
     url = f"http://127.0.0.1:{free_port()}/v1"
-    with pytest.raises(NodeError, match=f"cannot reach the endpoint at {url}"):
+    with pytest.raises(NodeError, match=f"{url}: unreachable .*is the server running"):
         agent_nodes.LoadAgent().load(
             agent_nodes.ENDPOINT, "", url, "m", "", "auto", "auto", agent_nodes.KEEP, 16, 0.0
         )
@@ -270,6 +306,7 @@ def test_an_unreachable_endpoint_fails_on_the_loader(comfy):
 
 def test_an_endpoint_agent_takes_its_key_from_the_environment(comfy, monkeypatch):
     monkeypatch.setenv("IT_TEST_KEY", "sekret")
+    monkeypatch.setenv("INTERLEAVE_THINKER_ALLOWED_KEY_ENV", "IT_TEST_KEY")  # the machine's owner allows it
     with ChatServer(lambda body, n: plan_text("a cat")) as server:
         (agent,) = agent_nodes.LoadAgent().load(
             agent_nodes.ENDPOINT,
@@ -370,15 +407,18 @@ def test_critic_verdicts(comfy):
     accepted = critic.judge(
         ScriptedAgent([verdict_text(True, think="fine")]), before, after, "a cat", "a cat", 0
     )
-    assert accepted == (True, "a cat", "fine")
+    assert accepted == (True, "a cat", "fine", "accepted")
     rejected = critic.judge(
         ScriptedAgent([verdict_text(False, "a big cat")]), before, after, "a cat", "a cat", 0
     )
-    assert rejected == (False, "a big cat", "looked")
+    assert rejected == (False, "a big cat", "looked", "rejected")
     silent = ScriptedAgent(["no idea"])
-    kept = critic.judge(silent, before, after, "a cat", "a tabby cat", 0)
-    assert kept[0] is True and kept[1] == "a tabby cat" and kept[2].startswith("unchecked")
-    assert len(silent.calls) == agent_nodes.CRITIC_TRIES
+    unchecked = critic.judge(silent, before, after, "a cat", "a tabby cat", 0)
+    # No verdict is not an acceptance: a downstream graph can tell the two apart.
+    accepted, prompt, reasoning, verdict = unchecked
+    assert accepted is False and verdict == "unchecked" and prompt == "a tabby cat"
+    assert "not judged" in reasoning
+    assert len(silent.calls) == settings.DEFAULT_CRITIC_TRIES
 
 
 def test_critic_refuses_pictures_it_cannot_compare(comfy):
@@ -595,7 +635,7 @@ def test_save_storyboard_writes_a_whole_folder_and_shows_it(comfy):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# ComfySampler's calls into ComfyUI, recorded by stand-ins of nodes, node_helpers and nodes_qwen
+# ComfyGenerator's calls into ComfyUI, recorded by stand-ins of nodes, node_helpers and nodes_qwen
 
 
 class FakeVae:
@@ -676,7 +716,7 @@ def sampling_calls(comfy, monkeypatch):
 
 
 def test_comfy_sampler_text_to_image_and_img2img(sampling_calls):
-    sampler = sampling.ComfySampler(
+    sampler = sampling.ComfyGenerator(
         fake_model("SD15"),
         object(),
         FakeVae(),
@@ -701,7 +741,7 @@ def test_comfy_sampler_text_to_image_and_img2img(sampling_calls):
 
 
 def test_comfy_sampler_reference_route(sampling_calls):
-    flux = sampling.ComfySampler(fake_model("Flux", "Flux"), object(), FakeVae(), cfg=1.0, guidance=2.5)
+    flux = sampling.ComfyGenerator(fake_model("Flux", "Flux"), object(), FakeVae(), cfg=1.0, guidance=2.5)
     assert flux.edit_route == "reference"
     result = flux.edit(Image.new("RGB", (64, 64), (255, 255, 255)), "make it night", seed=1)
     call = sampling_calls["sample"][0]
@@ -711,10 +751,10 @@ def test_comfy_sampler_reference_route(sampling_calls):
     assert float(reference.mean()) == pytest.approx(1.0)  # the encoded before image
     assert call["denoise"] == 1.0 and not call["latent"]["samples"].any() and result.size == (64, 64)
 
-    qwen = sampling.ComfySampler(fake_model("QwenImage", "QwenImage"), object(), FakeVae(), cfg=2.5)
+    qwen = sampling.ComfyGenerator(fake_model("QwenImage", "QwenImage"), object(), FakeVae(), cfg=2.5)
     qwen.edit(Image.new("RGB", (64, 48), (0, 0, 0)), "add snow", seed=1)
     assert sampling_calls["qwen"] == [("add snow", (1, 48, 64, 3))]  # the before image reaches the encoder
     assert sampling_calls["sample"][1]["positive"] == [["add snow", {"reference_latents": ["from qwen"]}]]
-    text_only = sampling.ComfySampler(fake_model("SD15"), object(), FakeVae(), edit_route="text-to-image")
+    text_only = sampling.ComfyGenerator(fake_model("SD15"), object(), FakeVae(), edit_route="text-to-image")
     text_only.edit(Image.new("RGB", (32, 32)), "a dog", seed=1)
     assert sampling_calls["sample"][2]["denoise"] == 1.0 and len(sampling_calls["qwen"]) == 1

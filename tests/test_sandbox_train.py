@@ -50,7 +50,8 @@ def test_retraining_the_short_recipe_lands_in_the_recorded_band(tmp_path):
     metrics = json.loads((work / "metrics.json").read_text())
     assert metrics == result["metrics"]
     assert metrics["no critic step success"] == results[0]["step_success"]
-    # A few minutes of training already teach the Planner the plan format: the band is not a band around nothing.
+    # A few minutes of training already teach the Planner the plan format: the band is not a band around
+    # nothing.
     assert metrics["planner valid-plan rate"] >= 0.5
     # ... and the Critic to reject pictures: the band is not one around a Critic that accepts everything.
     assert results[1]["attempts_per_step"] > 1.0

@@ -14,7 +14,8 @@ def board():
         "<think>why</think><answer>{'execution_plan': ["
         "{'step_number': 1, 'step_name': 'Cat', 'instruction': 'A cat <sits> & waits', 'prompt': 'a cat'}, "
         "{'step_number': 2, 'step_name': 'Note', 'auxiliary_text': 'Cats nap a lot.'}, "
-        "{'step_number': 3, 'step_name': 'Hat', 'instruction': 'It wears a hat', 'prompt': 'add a hat'}]}</answer>"
+        "{'step_number': 3, 'step_name': 'Hat', 'instruction': 'It wears a hat', "
+        "'prompt': 'add a hat'}]}</answer>"
     )
     critic = ScriptedAgent(
         [verdict_text(True, think="fine"), verdict_text(False, "a red hat", "no hat"), "garbage", "garbage"]

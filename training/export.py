@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..core.storyboard import replace_folder
+from ..core.files import replace_folder
 from .config import code_version
 from .models import ModelError, check_folder, is_adapter, load_model, load_processor
 from .runs import RUN_INFO, UNSAFE_FILES, make_readable

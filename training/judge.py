@@ -144,8 +144,14 @@ def load_judge(
     semantics_prompt: str | Path = SEMANTICS_PROMPT,
     quality_prompt: str | Path = QUALITY_PROMPT,
 ) -> AgentJudge:
-    """A VLM judge from a local model folder or an OpenAI-compatible URL (keys only from ``api_key_env``)."""
-    from ..core.agents import load_agent
+    """A VLM judge from a local model folder or an OpenAI-compatible URL (keys only from ``api_key_env``).
+
+    The training config is the researcher's own file, so its URL and key variable are trusted like CLI flags.
+    """
+    from ..core.agents import is_url, load_agent
+    from ..core.endpoints import EndpointPolicy
+
+    policy = EndpointPolicy.machine().allow(endpoints=[spec] if is_url(spec) else [], key_envs=[api_key_env])
 
     agent = load_agent(
         spec,
@@ -153,6 +159,7 @@ def load_judge(
         api_key_env=api_key_env,
         decoding=Decoding(max_new_tokens=max_new_tokens),
         timeout=timeout,
+        policy=policy,
     )
     return AgentJudge(agent, semantics_prompt=semantics_prompt, quality_prompt=quality_prompt)
 

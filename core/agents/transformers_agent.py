@@ -7,21 +7,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import settings
 from ..messages import Message
-from .base import AgentError, Decoding
+from .base import AgentError, AgentSpecError, Decoding
 
-DTYPES = ("auto", "bf16", "fp16", "fp32")
-MEMORY_POLICIES = ("keep", "offload")
+DTYPES = settings.DTYPES
+MEMORY_POLICIES = settings.MEMORY_POLICIES
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>")
 
 
 def check_model_folder(path: str | Path) -> Path:
-    """The folder as a Path, or an AgentError that says where it looked and what it expected."""
+    """The folder as a Path, or an AgentSpecError that says where it looked and what it expected."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise AgentError(f"model folder not found: {folder} (expected a Hugging Face model folder there)")
+        raise AgentSpecError(f"model folder not found: {folder} (expected a Hugging Face model folder there)")
     if not (folder / "config.json").is_file():
-        raise AgentError(f"{folder} is not a model folder: it has no config.json")
+        raise AgentSpecError(f"{folder} is not a model folder: it has no config.json")
     return folder
 
 
@@ -40,8 +41,7 @@ def pick_device(device: str = "auto") -> str:
 def pick_dtype(dtype: str, device: str):
     import torch
 
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    settings.check_choice("dtype", dtype, DTYPES)
     if dtype == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -70,8 +70,7 @@ class TransformersAgent:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        if memory not in MEMORY_POLICIES:
-            raise ValueError(f"unknown memory policy {memory!r}; choose keep or offload")
+        settings.check_choice("memory", memory, MEMORY_POLICIES)
         self.path = check_model_folder(path)
         self.name = self.path.name
         self.device = pick_device(device)

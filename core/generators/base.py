@@ -6,6 +6,8 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
+from ..errors import BackendError
+
 # How a generator turns the before image into the next one; the route used is recorded on every attempt.
 TEXT_TO_IMAGE = "text-to-image"  # a fresh picture from the prompt alone (also: independent steps)
 IMG2IMG = "img2img"  # encode the before image, denoise part of the way
@@ -14,7 +16,7 @@ ROUTES = (TEXT_TO_IMAGE, IMG2IMG, REFERENCE)
 EDIT_ROUTE_CHOICES = ("auto",) + ROUTES
 
 
-class GeneratorError(RuntimeError):
+class GeneratorError(BackendError):
     """The generator could not make an image: a missing folder, an unsupported route, a failed call."""
 
 

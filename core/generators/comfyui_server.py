@@ -1,4 +1,5 @@
-"""A running ComfyUI server as a generator: API-format graphs with placeholders, driven over HTTP (stdlib only).
+"""A running ComfyUI server as a generator: API-format graphs with placeholders, driven over HTTP (stdlib
+only).
 
 A graph template is ComfyUI's API format (``{node_id: {"class_type", "inputs"}}``, as "Export (API)" saves it)
 in which input values name what this generator fills in:
@@ -84,7 +85,8 @@ def placeholders(graph: Mapping) -> set[str]:
 
 
 def fill(graph: Mapping, values: Mapping[str, Any]) -> dict:
-    """A copy of ``graph`` with every placeholder replaced; a whole-value number placeholder becomes a number."""
+    """A copy of ``graph`` with every placeholder replaced; a whole-value number placeholder becomes a
+    number."""
     filled = copy.deepcopy(dict(graph))
     for node in filled.values():
         for key, value in node["inputs"].items():
@@ -190,7 +192,8 @@ class ComfyUIServerGenerator:
         negative_prompt: str = "",
         **kwargs,
     ) -> ComfyUIServerGenerator:
-        """Text-to-image and img2img graphs for one checkpoint file of the server (SD1.5, SDXL and the like)."""
+        """Text-to-image and img2img graphs for one checkpoint file of the server (SD1.5, SDXL and the
+        like)."""
         text, edit = checkpoint_graphs(
             checkpoint,
             steps=steps,

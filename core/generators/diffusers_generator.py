@@ -17,7 +17,8 @@ def _call_parameters(pipe) -> set[str]:
 
 
 def native_route(pipe) -> str:
-    """The route a pipeline does by itself: image= with strength is img2img, image= alone is reference editing."""
+    """The route a pipeline does by itself: image= with strength is img2img, image= alone is reference
+    editing."""
     params = _call_parameters(pipe)
     if "image" in params:
         return IMG2IMG if "strength" in params else REFERENCE
@@ -27,8 +28,9 @@ def native_route(pipe) -> str:
 class DiffusersGenerator:
     """Text-to-image and edits with one diffusers pipeline, loaded from a local folder only.
 
-    The edit route "auto" is the pipeline's own editing (FLUX.2 klein, Kontext, Qwen-Image-Edit, InstructPix2Pix
-    take ``image=``), else img2img through the same components, else independent text-to-image steps.
+    The edit route "auto" is the pipeline's own editing (FLUX.2 klein, Kontext, Qwen-Image-Edit,
+    InstructPix2Pix take ``image=``), else img2img through the same components, else independent text-to-image
+    steps.
     """
 
     def __init__(

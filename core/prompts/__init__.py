@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import BadInput
+
 HERE = Path(__file__).resolve().parent
 
 ROLES = {
@@ -21,7 +23,7 @@ ROLES = {
 _PLACEHOLDER_RE = re.compile(r"\{(text_input|original_instruction|rewritten_prompt)\}")
 
 
-class TemplateError(ValueError):
+class TemplateError(BadInput):
     pass
 
 
@@ -38,13 +40,15 @@ class Template:
         return _PLACEHOLDER_RE.sub(lambda m: str(values.get(m.group(1), m.group(0))), self.text)
 
     def split(self, placeholder: str) -> tuple[str, str]:
-        """The text before and after ``{placeholder}`` (the first occurrence), other placeholders untouched."""
+        """The text before and after ``{placeholder}`` (the first occurrence), other placeholders
+        untouched."""
         head, _, tail = self.text.partition("{" + placeholder + "}")
         return head, tail
 
 
 def load_template(role: str, path: str | Path | None = None) -> Template:
-    """The built-in template of ``role`` ("narrative", "guidance" or "critic"), or the user's file at ``path``."""
+    """The built-in template of ``role`` ("narrative", "guidance" or "critic"), or the user's file at
+    ``path``."""
     if role not in ROLES:
         raise TemplateError(f"unknown template role {role!r}; choose one of {', '.join(ROLES)}")
     filename, required = ROLES[role]

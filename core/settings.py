@@ -1,0 +1,62 @@
+"""Every limit, default and choice list that more than one entry point shows, defined once.
+
+The CLI, the nodes, the sandbox and training import these names; none restates a number.
+"""
+
+from __future__ import annotations
+
+from .errors import BadInput
+
+# -- the story ---------------------------------------------------------------------------------------------
+MODES = ("auto", "narrative", "guidance")  # auto: guidance when images are given
+DEFAULT_MODE = "auto"
+DEFAULT_MAX_STEPS = 12
+# A plan longer than this is a runaway generation, not a story.
+MAX_PLAN_STEPS = 64
+DEFAULT_MAX_ATTEMPTS = 3  # generations per step, retries included
+MAX_ATTEMPTS_LIMIT = 10
+DEFAULT_PLANNER_TRIES = 3  # Planner answers tried before giving up
+DEFAULT_CRITIC_TRIES = 2  # Critic answers tried before an attempt is kept unchecked
+MAX_AGENT_TRIES = 10
+DEFAULT_SEED = 0
+SEED_MAX = 0xFFFFFFFFFFFFFFFF  # what ComfyUI's seed widgets allow
+DEFAULT_SIZE = 1024
+MIN_SIZE, MAX_SIZE = 64, 4096
+
+# -- agents ------------------------------------------------------------------------------------------------
+DEFAULT_MAX_NEW_TOKENS = 2048
+MAX_NEW_TOKENS_LIMIT = 32768
+DEFAULT_TEMPERATURE = 0.0  # greedy: the same answer every run
+# Re-sampling after an unparseable answer must differ from the first try, so it never runs greedy.
+RESAMPLE_TEMPERATURE = 0.7
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+DEFAULT_DEVICE = "auto"
+MEMORY_POLICIES = ("keep", "offload")  # keep on the accelerator between calls, or back to the CPU after each
+DEFAULT_HTTP_TIMEOUT = 120.0  # seconds
+DEFAULT_HTTP_RETRIES = 3
+
+# -- generators --------------------------------------------------------------------------------------------
+DEFAULT_STRENGTH = 0.6  # img2img denoise
+
+
+class BadSetting(BadInput):
+    """A setting out of its range. ``setting`` is the field's name, so an entry point can name its own
+    option."""
+
+    def __init__(self, setting: str, rule: str, value):
+        self.setting, self.rule, self.value = setting, rule, value
+        super().__init__(f"{setting} must be {rule}, got {value!r}")
+
+    def named(self, name: str) -> BadSetting:
+        """The same error, naming the setting as the user typed it (``--max-attempts``, a widget name)."""
+        return BadSetting(name, self.rule, self.value)
+
+
+def check_range(setting: str, value, low, high) -> None:
+    if not low <= value <= high:
+        raise BadSetting(setting, f"between {low} and {high}", value)
+
+
+def check_choice(setting: str, value, choices) -> None:
+    if value not in choices:
+        raise BadSetting(setting, "one of " + ", ".join(choices), value)
