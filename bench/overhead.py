@@ -58,7 +58,7 @@ class Timed:
             self.seconds += time.perf_counter() - start
             self.calls += 1
 
-    def complete(self, messages, *, seed, temperature=None):
+    def complete(self, messages, *, seed, temperature=None, cancel=None):
         text = self._timed(self.inner.complete, messages, seed=seed, temperature=temperature)
         return self.answer(messages, self.calls) if self.answer else text
 

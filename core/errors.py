@@ -30,4 +30,10 @@ class Cancelled(InterleaveThinkerError, RuntimeError):
     """The cancel hook asked to stop; nothing after the last finished model call was done."""
 
 
-__all__ = ["BackendError", "BadInput", "Cancelled", "InterleaveThinkerError"]
+def check_cancel(cancel) -> None:
+    """Raise :class:`Cancelled` once the cancel hook (a callable returning True to stop) says so."""
+    if cancel is not None and cancel():
+        raise Cancelled("cancelled")
+
+
+__all__ = ["BackendError", "BadInput", "Cancelled", "InterleaveThinkerError", "check_cancel"]

@@ -23,7 +23,7 @@ from PIL import Image
 
 from . import settings
 from .agents.base import Agent
-from .errors import Cancelled
+from .errors import Cancelled, check_cancel
 from .generators.base import TEXT_TO_IMAGE, Generator
 from .messages import choose_mode, critic_messages, planner_messages, to_rgb
 from .prompts import Template, load_template
@@ -112,11 +112,6 @@ EventHandler = Callable[[Event], None]
 CancelHook = Callable[[], bool]
 
 
-def check_cancel(cancel: CancelHook | None) -> None:
-    if cancel is not None and cancel():
-        raise Cancelled("cancelled")
-
-
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -167,6 +162,7 @@ def make_plan(
             messages,
             seed=derive_seed(config.seed, "planner", attempt),
             temperature=None if attempt == 0 else resample_temperature(planner),
+            cancel=cancel,
         )
         try:
             plan = parse_plan(output, max_steps=config.max_steps)
@@ -388,6 +384,7 @@ def critique(
             messages,
             seed=derive_seed(seed, "critic", *place, attempt),
             temperature=None if attempt == 0 else resample_temperature(critic),
+            cancel=cancel,
         )
         try:
             verdict = parse_verdict(output)

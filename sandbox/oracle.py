@@ -154,7 +154,9 @@ class OraclePlanner:
 
     name = PLANNER_NAME
 
-    def complete(self, messages: Sequence[Message], *, seed: int, temperature: float | None = None) -> str:
+    def complete(
+        self, messages: Sequence[Message], *, seed: int, temperature: float | None = None, cancel=None
+    ) -> str:
         _, request_text, images = planner_input(messages)
         request = read_request(request_text)
         if request is None:
@@ -170,7 +172,9 @@ class OracleCritic:
 
     name = CRITIC_NAME
 
-    def complete(self, messages: Sequence[Message], *, seed: int, temperature: float | None = None) -> str:
+    def complete(
+        self, messages: Sequence[Message], *, seed: int, temperature: float | None = None, cancel=None
+    ) -> str:
         before, after, original, used = critic_input(messages)
         verdict = verdict_for(before, after, original, used)
         return answer(verdict.reasoning, verdict.to_dict())

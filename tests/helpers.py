@@ -26,7 +26,7 @@ class ScriptedAgent:
         self.name = name
         self.calls: list[Call] = []
 
-    def complete(self, messages, *, seed, temperature=None):
+    def complete(self, messages, *, seed, temperature=None, cancel=None):
         self.calls.append(Call(list(messages), seed, temperature))
         n = len(self.calls) - 1
         if callable(self.replies):

@@ -64,6 +64,47 @@ def test_end_of_turn_stops_generation(tiny_agent):
     assert vocab["<|im_end|>"] in tiny_agent.eos_token_id
 
 
+def test_cancel_stops_a_long_answer_between_two_tokens(tiny_agent_dir):
+    """Cancel is asked after every generated token: a 2048-token answer stops a few tokens after it."""
+    from interleave_thinker.core.errors import Cancelled
+
+    agent = load_agent(str(tiny_agent_dir), decoding=Decoding(max_new_tokens=2048), device="cpu")
+    agent.eos_token_id = [-1]  # never stop on its own: only Cancel can end this answer early
+    asked = []
+
+    def cancel():
+        asked.append(True)
+        return len(asked) > 5
+
+    generated = []
+    generate = agent.model.generate
+
+    def recording_generate(**kwargs):
+        output = generate(**kwargs)
+        generated.append(output.shape[1] - kwargs["input_ids"].shape[1])
+        return output
+
+    agent.model.generate = recording_generate
+    messages = planner_messages("a red circle", [], "narrative")
+    with pytest.raises(Cancelled):
+        agent.complete(messages, seed=0, cancel=cancel)
+    assert generated and generated[0] <= 6  # not 2048
+    assert (
+        agent.complete(messages, seed=0, cancel=lambda: False) is not None
+    )  # the hook alone changes nothing
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_decoding(tiny_agent, monkeypatch):
+    from interleave_thinker.core.agents.base import PromptTooLong
+    from interleave_thinker.core.errors import BadInput
+
+    monkeypatch.setattr(tiny_agent.model.config.text_config, "max_position_embeddings", 64)
+    monkeypatch.setattr(tiny_agent.model, "generate", lambda **kwargs: pytest.fail("decoding started"))
+    with pytest.raises(PromptTooLong, match=r"the prompt is \d+ tokens but .* reads at most 64") as refused:
+        tiny_agent.complete(planner_messages("a red circle " * 200, [], "narrative"), seed=0)
+    assert isinstance(refused.value, BadInput)  # the user's to fix: the CLI exits 2
+
+
 def test_garbage_from_a_real_model_ends_in_bounded_resampling_and_the_typed_error(tiny_agent, monkeypatch):
     calls = []
     generate = tiny_agent.model.generate

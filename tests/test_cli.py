@@ -298,3 +298,35 @@ def test_module_entry_point_prints_help():
         [sys.executable, "-m", "interleave_thinker", "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "run" in result.stdout and "batch" in result.stdout
+
+
+def test_ctrl_c_while_an_agent_is_answering_stops_the_run_and_writes_nothing(tmp_path):
+    """A real SIGINT to a real process, while it waits on a Planner that takes long to answer."""
+    import signal
+    import time
+
+    asked = []
+
+    def slow(body, n):
+        asked.append(n)
+        return ("sleep", 60)  # far longer than the run may wait after Ctrl-C
+
+    out = tmp_path / "story"
+    with ChatServer(slow) as server:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "interleave_thinker", "run", "a cat", "--out", str(out),
+             "--planner", server.url, "--planner-model", "m", "--generator", "sandbox", "--quiet"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            for _ in range(600):  # wait (at most a minute) until the Planner has been asked
+                if asked or process.poll() is not None:
+                    break
+                time.sleep(0.1)
+            assert asked, process.communicate()[1]
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=30)  # a hang guard, not a speed claim
+        finally:
+            process.kill()
+    assert process.returncode == cli.EXIT_INTERRUPTED and "interrupted" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing half-written

@@ -15,6 +15,10 @@ class AgentError(BackendError):
     """An agent backend could not answer: an unreachable endpoint, an HTTP error, a model that fails to load."""
 
 
+class PromptTooLong(AgentError, BadInput):
+    """The prompt does not fit the model's context: the user must shorten it."""
+
+
 class AgentSpecError(AgentError, BadInput):
     """The user named an agent that cannot be one: no such folder, no config.json, a URL without a model."""
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from .. import settings
 from ..messages import Message
-from .base import AgentError, AgentSpecError, Decoding
+from ..errors import Cancelled, check_cancel
+from .base import AgentError, AgentSpecError, Decoding, PromptTooLong
 
 DTYPES = settings.DTYPES
 MEMORY_POLICIES = settings.MEMORY_POLICIES
@@ -134,20 +135,56 @@ class TransformersAgent:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    def complete(self, messages: Sequence[Message], *, seed: int, temperature: float | None = None) -> str:
+    @property
+    def context_length(self) -> int | None:
+        """How many positions the language model reads, from its config (None when it does not say)."""
+        config = self.model.config
+        text = getattr(config, "text_config", None) or config
+        return getattr(text, "max_position_embeddings", None)
+
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        seed: int,
+        temperature: float | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> str:
         torch = self._torch
+        check_cancel(cancel)
         self._move(self.device)
         try:
             inputs = self.prepare(messages)
             kwargs = self.generation_kwargs(temperature)
+            kwargs["max_new_tokens"] = self._room_to_answer(
+                inputs["input_ids"].shape[1], kwargs["max_new_tokens"]
+            )
+            stop = _CancelCriterion(cancel, torch)
+            if cancel is not None:
+                kwargs["stopping_criteria"] = [stop]
             devices = [torch.device(self.device)] if self.device.startswith("cuda") else []
             with torch.inference_mode(), _seeded(torch, seed, devices, kwargs["do_sample"]):
                 output = self.model.generate(**inputs, **kwargs)
+            if stop.fired:  # the half-written answer is dropped: the caller asked to stop
+                raise Cancelled("cancelled during generation")
             new_tokens = output[0, inputs["input_ids"].shape[1] :]
             return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
         finally:
             if self.memory == "offload":
                 self._move("cpu")
+
+    def _room_to_answer(self, prompt_tokens: int, wanted: int) -> int:
+        """New tokens that still fit the model's context; a prompt that fills it is refused at once, not after
+        minutes of decoding past what the model was trained to read."""
+        context = self.context_length
+        if not context:
+            return wanted
+        if prompt_tokens >= context:
+            raise PromptTooLong(
+                f"the prompt is {prompt_tokens} tokens but {self.name} reads at most {context}; shorten the "
+                "instruction or use fewer or smaller images"
+            )
+        return min(wanted, context - prompt_tokens)
 
     def _end_of_turn_ids(self) -> list[int]:
         ids: list[int] = []
@@ -166,6 +203,19 @@ class TransformersAgent:
 
     def __repr__(self) -> str:
         return f"TransformersAgent({str(self.path)!r}, device={self.device!r}, dtype={self.dtype})"
+
+
+class _CancelCriterion:
+    """A stopping criterion that asks the cancel hook after every token, so Cancel stops a long answer now."""
+
+    def __init__(self, cancel: Callable[[], bool] | None, torch):
+        self.cancel, self.torch, self.fired = cancel, torch, False
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.fired = self.fired or bool(self.cancel is not None and self.cancel())
+        return self.torch.full(
+            (input_ids.shape[0],), self.fired, dtype=self.torch.bool, device=input_ids.device
+        )
 
 
 @contextlib.contextmanager
