@@ -1,4 +1,4 @@
-"""A small client for a ComfyUI server under test: start it headless, submit graphs, follow them, read results."""
+"""A client for a ComfyUI server under test: start it headless, submit graphs, follow them, read results."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """A real ComfyUI for the integration tests: COMFYUI_PATH names the checkout; without it they are skipped.
 
+With COMFYUI_PATH set they must run: a wrong path is an error, and any skip among them counts as a failure,
+so a run that was meant to test against ComfyUI cannot pass without doing so.
+
 One server per session, headless on loopback with a temporary base directory: this pack symlinked into its
 custom_nodes, tiny seeded checkpoints in its models folder, the tiny transformers agent in models/LLM.
 """
@@ -7,6 +10,7 @@ custom_nodes, tiny seeded checkpoints in its models folder, the tiny transformer
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,41 +23,65 @@ HERE = Path(__file__).resolve().parent
 PACK = HERE.parents[1]
 
 
+_RUNNING: list[ComfyServer] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    # The server holds gigabytes of models: stop it after the last test here, not when the whole run ends.
+    yield
+    if _RUNNING:
+        later = item.session.items[item.session.items.index(item) + 1 :]
+        if not any(HERE in other.path.parents for other in later):
+            for server in _RUNNING:
+                server.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if os.environ.get("COMFYUI_PATH") and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (
+            f"COMFYUI_PATH is set, so the ComfyUI tests must run, but this one was skipped: {reason}"
+        )
+    return report
+
+
 @pytest.fixture(scope="session")
 def comfyui_path() -> Path:
     value = os.environ.get("COMFYUI_PATH")
     if not value:
         pytest.skip("set COMFYUI_PATH to a ComfyUI checkout to run the ComfyUI integration tests")
-    path = Path(value).expanduser()
+    path = Path(value).expanduser().resolve()
     if not (path / "main.py").is_file():
-        pytest.skip(f"COMFYUI_PATH={value} holds no ComfyUI checkout (main.py is missing)")
+        pytest.fail(
+            f"COMFYUI_PATH={value} holds no ComfyUI checkout (no main.py in {path}): "
+            "point it at ComfyUI's folder, or unset it to skip these tests",
+            pytrace=False,
+        )
     return path
 
 
 @pytest.fixture(scope="session")
-def comfy_base(comfyui_path, tmp_path_factory) -> Path:
+def comfy_base(comfyui_path, tmp_path_factory, tiny_agent_dir) -> Path:
     """The server's base directory with every model it needs, built here from seeds."""
-    from interleave_thinker.training.tiny import build_tiny_agent
-
     base = tmp_path_factory.mktemp("comfy-base")
     for sub in ("custom_nodes", "input", "output", "models/LLM"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / PACK_NAME).symlink_to(PACK, target_is_directory=True)
-    subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "tiny_models.py"),
-            "--comfyui",
-            str(comfyui_path),
-            "--models",
-            str(base / "models"),
-        ],
-        check=True,
+    command = [sys.executable, str(HERE / "tiny_models.py"), "--comfyui", str(comfyui_path)]
+    built = subprocess.run(
+        [*command, "--models", str(base / "models")],
         capture_output=True,
+        text=True,
         timeout=600,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )  # faster on small machines, as for the server
-    build_tiny_agent(base / "models" / "LLM" / TINY_AGENT)
+        env=dict(os.environ, OMP_NUM_THREADS="1"),  # faster on small machines, as for the server
+    )
+    assert built.returncode == 0, f"building the tiny ComfyUI models failed:\n{built.stderr[-4000:]}"
+    # A copy of the session's tiny agent: a test changes a file in it.
+    shutil.copytree(tiny_agent_dir, base / "models" / "LLM" / TINY_AGENT)
     return base
 
 
@@ -61,6 +89,7 @@ def comfy_base(comfyui_path, tmp_path_factory) -> Path:
 def comfy_server(comfyui_path, comfy_base):
     server = ComfyServer(comfyui_path, comfy_base, free_port())
     server.start()
+    _RUNNING.append(server)
     try:
         startup = server.log()
         assert f"custom_nodes/{PACK_NAME}" in startup, "the pack was not imported"

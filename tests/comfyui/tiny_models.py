@@ -8,12 +8,12 @@ exactly the ones its loaders expect):
 Writes, all seeded and deterministic:
 - checkpoints/tiny_sd15.safetensors: a one-level SD1.5-shaped UNet (detected as SD15), a full-size CLIP-L text
   model and a TAESD VAE.
-- diffusion_models/tiny_flux.safetensors: a FLUX-shaped DiT with one double block (detected as Flux; it honours
-  reference latents), text_encoders/tiny_clip_l.safetensors (CLIPLoader type "sd3") and
+- diffusion_models/tiny_flux.safetensors: a FLUX-shaped DiT with one double block (detected as Flux; it
+  honours reference latents), text_encoders/tiny_clip_l.safetensors (CLIPLoader type "sd3") and
   vae/tiny_taef1.safetensors (a 16-channel TAESD).
 
-Weights are random, so images are noise; the loaders must report no missing keys, and the decoders are scaled so
-pictures are neither black nor flat.
+Weights are random, so images are noise; the loaders must report no missing keys, and the decoders are scaled
+so pictures are neither black nor flat.
 """
 
 from __future__ import annotations
