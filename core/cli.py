@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +21,11 @@ from typing import Any
 
 from . import settings
 from .errors import BackendError, BadInput, Cancelled, InterleaveThinkerError
-from .files import atomic_write_text
+from .files import FolderLock, FolderLocked, atomic_write_text, check_writable, remove
 from .pages import badge, escape, page
 from .protocol import ProtocolError
 from .settings import BadSetting
-from .stories import StoryItem, read_stories
+from .stories import BATCH_INDEX, BATCH_JSON, BATCH_LOCK, StoryItem, read_stories
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_BACKEND, EXIT_PLAN, EXIT_BATCH, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
 # The one map from the error tree to exit codes; the first matching branch wins.
@@ -190,6 +190,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     device = parser.add_argument_group("device")
     device.add_argument("--device", default=settings.DEFAULT_DEVICE, help="auto, cpu, cuda, cuda:1, mps")
     device.add_argument("--dtype", default="auto", choices=settings.DTYPES)
+    device.add_argument(
+        "--quantize",
+        default=settings.DEFAULT_QUANTIZATION,
+        choices=settings.QUANTIZATIONS,
+        help="store a local agent's linear layers in 8 bits (int8) or 4 bits (nf4) with bitsandbytes; "
+        "the rest stays in --dtype (an 8B Planner takes about 6 GB at nf4)",
+    )
     device.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -330,6 +337,7 @@ def load_models(args: argparse.Namespace, generators: Mapping[str, GeneratorFact
             api_key_env=args.api_key_env,
             decoding=decoding,
             dtype=args.dtype,
+            quantize=args.quantize,
             device=args.device,
             timeout=args.timeout,
             retries=args.retries,
@@ -373,20 +381,35 @@ def load_models(args: argparse.Namespace, generators: Mapping[str, GeneratorFact
     )
 
 
-def load_images(paths: Sequence[str | Path]):
-    from PIL import Image, UnidentifiedImageError
+def load_images(paths: Sequence[str | Path], story_pixels: int | None = None):
+    """The input images, each refused above ``settings.MAX_INPUT_PIXELS`` before it is decoded, and fitted
+    into ``story_pixels`` (--width x --height): the story's size is the user's choice, not the photo's."""
+    from .messages import fit_pixels, open_image
 
-    images = []
-    for path in paths:
+    images = [open_image(path) for path in paths]
+    return [fit_pixels(image, story_pixels) for image in images] if story_pixels else images
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """What ``run`` checks of --out before any model loads: it may be replaced, and it can be written."""
+    from .storyboard import Storyboard, StoryboardError
+
+    if os.path.lexists(out):
+        if not overwrite:
+            raise BadInput(f"--out {out} already exists; choose a new folder or pass --overwrite")
         try:
-            with Image.open(path) as image:
-                image.load()
-                images.append(image.convert("RGB"))
-        except FileNotFoundError:
-            raise BadInput(f"image not found: {path}") from None
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise BadInput(f"cannot read image {path}: {error}; use a PNG, JPEG or WebP file") from None
-    return images
+            Storyboard.check_replaceable(out)
+        except StoryboardError as error:
+            raise BadInput(f"--out {error}") from None
+    check_writable(out, beside=True)  # the storyboard is made beside it, then renamed into place
+
+
+def unchecked_note(story) -> str:
+    """A line for the summary when the Critic could not be used for some pictures, else ""."""
+    failed = [attempt for attempt in story.attempts if attempt.critic_failed]
+    if not failed:
+        return ""
+    return f"{len(failed)} of {len(story.attempts)} pictures are unchecked: {failed[0].critic_error}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -490,16 +513,20 @@ def make_run(generators: Mapping[str, GeneratorFactory]) -> Callable[[argparse.N
         if not instruction:
             raise BadInput("the instruction is empty; say what to illustrate")
         out = Path(args.out)
-        if out.exists() and not args.overwrite:
-            raise BadInput(f"--out {out} already exists; choose a new folder or pass --overwrite")
         check_args(args, generators)
-        images = load_images(args.image)
+        check_out(out, args.overwrite)
+        images = load_images(args.image, args.width * args.height)
         _check_markers(instruction, len(images))
         config = loop_config(args)
         models = load_models(args, generators)
         story = run_one(models, instruction, images, config, Progress("story", not args.quiet))
-        story.save(out, overwrite=args.overwrite)
+        try:
+            story.save(out, overwrite=args.overwrite)
+        except OSError as error:
+            raise BadInput(f"cannot write --out {out}: {error}") from None
         print(f"{len(story.steps)} steps, {len(story.attempts)} images -> {out / 'index.html'}")
+        if note := unchecked_note(story):
+            print(note)
         return EXIT_OK
 
     return run
@@ -507,53 +534,82 @@ def make_run(generators: Mapping[str, GeneratorFactory]) -> Callable[[argparse.N
 
 def make_batch(generators: Mapping[str, GeneratorFactory]) -> Callable[[argparse.Namespace], int]:
     def batch(args: argparse.Namespace) -> int:
-        from tqdm import tqdm
-
-        from .storyboard import Storyboard
-
         check_args(args, generators)
         items = read_stories(args.stories)
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp-*"):  # a story cut off half-way is redone from its start
-            shutil.rmtree(stale, ignore_errors=True)
-        todo = [item for item in items if not item.error and not Storyboard.is_saved(out / item.id)]
-        models = load_models(args, generators) if todo else None
-
-        results: dict[str, dict[str, Any]] = {}
-        bar = tqdm(
-            items, desc="stories", unit="story", file=sys.stderr, disable=args.quiet, dynamic_ncols=True
-        )
-        for item in bar:
-            folder = out / item.id
-            record = {"id": item.id, "instruction": item.instruction, "where": item.where}
-            if item.error:
-                record.update(status="failed", error=item.error)
-            elif Storyboard.is_saved(folder):
-                record.update(status="done")
-            else:
-                try:
-                    images = load_images(item.images)
-                    _check_markers(item.instruction, len(images))
-                    config = loop_config(args, seed=item.seed)
-                    progress = Progress(item.id[:24], not args.quiet)
-                    story = run_one(models, item.instruction, images, config, progress)
-                    story.story_id = item.id
-                    story.save(folder)
-                    record.update(status="done")
-                except (KeyboardInterrupt, Cancelled):
-                    raise
-                except Exception as error:  # one bad story is reported and the batch goes on
-                    record.update(status="failed", error=f"{item.where}: {one_line(error)}")
-            if record["status"] == "failed":
-                tqdm.write(f"failed: {record['error']}", file=sys.stderr)
-            results[item.id] = record
-            write_batch_index(out, [results.get(i.id) or _pending(i) for i in items])
-        failed = [r for r in results.values() if r["status"] == "failed"]
-        print(f"{len(items) - len(failed)} of {len(items)} stories done -> {out / 'index.html'}")
-        return EXIT_BATCH if failed else EXIT_OK
+        check_writable(out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise BadInput(f"--out {out} cannot be made: {error}") from None
+        lock = FolderLock(out, BATCH_LOCK)
+        try:
+            lock.acquire()
+        except FolderLocked as error:
+            raise BadInput(f"--out {error}") from None
+        except OSError as error:  # say, a folder where the lock file goes
+            raise BadInput(f"--out {out}: cannot take the lock {lock.path}: {error}") from None
+        try:
+            return _run_batch(args, generators, items, out)
+        finally:  # every way out lets go, Ctrl-C included
+            lock.release()
 
     return batch
+
+
+# A temporary name of the batch's own making (files.temporary_name): ".<name>.tmp-<8 hex digits>".
+_TEMPORARY = re.compile(r"\.(.+)\.tmp-[0-9a-f]{8}")
+
+
+def _run_batch(args, generators, items: list[StoryItem], out: Path) -> int:
+    from tqdm import tqdm
+
+    from .storyboard import Storyboard
+
+    ours = {item.id for item in items} | {BATCH_INDEX, BATCH_JSON}
+    for entry in out.iterdir():  # a story cut off half-way is redone from its start
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match and match.group(1) in ours:
+            remove(entry)
+    todo = [item for item in items if not item.error and not Storyboard.is_saved(out / item.id)]
+    models = load_models(args, generators) if todo else None
+    results: dict[str, dict[str, Any]] = {}
+    bar = tqdm(items, desc="stories", unit="story", file=sys.stderr, disable=args.quiet, dynamic_ncols=True)
+    for item in bar:
+        folder = out / item.id
+        record = {"id": item.id, "instruction": item.instruction, "where": item.where}
+        if item.error:
+            record.update(status="failed", error=item.error)
+        elif Storyboard.is_saved(folder):
+            record.update(status="done")
+        else:
+            try:
+                # What is left of a story whose storyboard.json was lost is redone; files not ours stay.
+                Storyboard.check_replaceable(folder)
+                images = load_images(item.images, args.width * args.height)
+                _check_markers(item.instruction, len(images))
+                config = loop_config(args, seed=item.seed)
+                progress = Progress(item.id[:24], not args.quiet)
+                story = run_one(models, item.instruction, images, config, progress)
+                story.story_id = item.id
+                story.save(folder, overwrite=True)
+                record.update(status="done")
+                if note := unchecked_note(story):
+                    record.update(note=note)
+                    tqdm.write(f"{item.id}: {note}", file=sys.stderr)
+            except (KeyboardInterrupt, Cancelled):
+                raise
+            except Exception as error:  # one bad story is reported and the batch goes on
+                record.update(status="failed", error=f"{item.where}: {one_line(error)}")
+        if record["status"] == "failed":
+            tqdm.write(f"failed: {record['error']}", file=sys.stderr)
+        results[item.id] = record
+        write_batch_index(out, [results.get(i.id) or _pending(i) for i in items])
+    failed = [r for r in results.values() if r["status"] == "failed"]
+    unchecked = sum("note" in r for r in results.values())
+    note = f"; {unchecked} with pictures the Critic could not check" if unchecked else ""
+    print(f"{len(items) - len(failed)} of {len(items)} stories done{note} -> {out / BATCH_INDEX}")
+    return EXIT_BATCH if failed else EXIT_OK
 
 
 def _pending(item: StoryItem) -> dict[str, Any]:
@@ -581,7 +637,7 @@ def write_batch_index(out: Path, records: list[dict[str, Any]]) -> None:
             pngs = sorted((folder / "steps").glob("*.png"))
             if pngs:
                 thumb = f'<img src="{e(record["id"])}/steps/{e(pngs[0].name)}" alt="">'
-        detail = e(record.get("error", "")) if record["status"] == "failed" else ""
+        detail = e(record.get("error", "") if record["status"] == "failed" else record.get("note", ""))
         title = (
             f'<a href="{e(record["id"])}/index.html">{e(record["instruction"])}</a>'
             if record["status"] == "done"
@@ -593,8 +649,8 @@ def write_batch_index(out: Path, records: list[dict[str, Any]]) -> None:
         )
     done = sum(r["status"] == "done" for r in records)
     body = f"<h1>Storyboards</h1><p>{done} of {len(records)} done</p><table>{''.join(rows)}</table>"
-    atomic_write_text(out / "index.html", page("Storyboards", body, _BATCH_CSS))
-    atomic_write_text(out / "batch.json", json.dumps(records, indent=2, ensure_ascii=False))
+    atomic_write_text(out / BATCH_INDEX, page("Storyboards", body, _BATCH_CSS))
+    atomic_write_text(out / BATCH_JSON, json.dumps(records, indent=2, ensure_ascii=False))
 
 
 def one_line(error: BaseException) -> str:

@@ -7,7 +7,8 @@ Rules (DESIGN.md, "The loop"):
   Critic's replacement prompt; the kept image becomes the next step's before image. Edits never chain onto a
   rejected image.
 - A step without a generator prompt is text only: the generator is not called.
-- Critic output that never parses keeps the candidate, marked "unchecked".
+- Critic output that never parses keeps the candidate, marked "unchecked"; so does a Critic that cannot be
+  used (an endpoint answering 500): the picture is drawn, and the error is kept with it.
 - Every seed derives from one user seed, so the same inputs give the same storyboard.
 - ``cancel`` is checked before every model call; events report progress. There are no sleeps.
 """
@@ -18,17 +19,18 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from PIL import Image
 
 from . import settings
 from .agents.base import Agent
-from .errors import Cancelled, check_cancel
+from .errors import BackendError, Cancelled, check_cancel
 from .generators.base import TEXT_TO_IMAGE, Generator
 from .messages import choose_mode, critic_messages, planner_messages, to_rgb
 from .prompts import Template, load_template
 from .protocol import Plan, PlanStep, ProtocolError, Verdict, parse_plan, parse_verdict
-from .storyboard import ACCEPTED, REJECTED, UNCHECKED, Attempt, Step, Storyboard
+from .storyboard import ACCEPTED, CRITIC_FAILED, REJECTED, UNCHECKED, Attempt, Step, Storyboard
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class PlanResult:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     planner: str = ""
+    planner_info: dict[str, Any] | None = None  # the agent's own account (weights, resident size), if any
 
 
 @dataclass
@@ -154,6 +157,7 @@ def make_plan(
     mode = choose_mode(config.mode, images)
     messages = planner_messages(instruction, images, mode, template or load_template(mode))
     errors: list[str] = []
+    last = "no output"
     output = ""
     start = time.perf_counter()
     for attempt in range(config.planner_tries):
@@ -168,17 +172,26 @@ def make_plan(
             plan = parse_plan(output, max_steps=config.max_steps)
         except ProtocolError as error:
             errors.append(str(error))
+            last = error.reason  # the final error quotes the output once, not this excerpt too
             continue
         runtime.emit(PlanReady(plan, attempt + 1))
         return PlanResult(
-            plan, mode, output, attempt + 1, time.perf_counter() - start, errors, _name(planner)
+            plan,
+            mode,
+            output,
+            attempt + 1,
+            time.perf_counter() - start,
+            errors,
+            _name(planner),
+            _info(planner),
         )
     if config.fallback_single_step:
         plan = Plan.single_step(instruction)
         runtime.emit(PlanReady(plan, config.planner_tries))
         seconds = time.perf_counter() - start
-        return PlanResult(plan, mode, output, config.planner_tries, seconds, errors, _name(planner))
-    last = errors[-1] if errors else "no output"
+        return PlanResult(
+            plan, mode, output, config.planner_tries, seconds, errors, _name(planner), _info(planner)
+        )
     raise ProtocolError("plan", f"no valid plan after {config.planner_tries} tries; last: {last}", output)
 
 
@@ -216,6 +229,7 @@ def run_plan(
             "critic": _name(critic) if critic is not None else None,
             "generator": _name(generator),
             "edit_route": getattr(generator, "edit_route", None),
+            **_agents_info(planning, critic),
         },
         planner_output=planning.output if planning else "",
         planner_tries=planning.tries if planning else 0,
@@ -305,18 +319,23 @@ def _run_step(
         last = number == config.max_attempts
         judged = Critique()
         if critic is not None and (not last or config.check_last_attempt):
-            judged = critique(
-                critic,
-                before,
-                image,
-                plan_step.prompt or "",
-                prompt,
-                template=critic_template,
-                seed=config.seed,
-                place=(index, number),
-                tries=config.critic_tries,
-                cancel=runtime.cancel,
-            )
+            asked = time.perf_counter()
+            try:
+                judged = critique(
+                    critic,
+                    before,
+                    image,
+                    plan_step.prompt or "",
+                    prompt,
+                    template=critic_template,
+                    seed=config.seed,
+                    place=(index, number),
+                    tries=config.critic_tries,
+                    cancel=runtime.cancel,
+                )
+            except BackendError as error:  # the picture exists: keep it unchecked, with why
+                reason = " ".join(str(error).split()) or type(error).__name__
+                judged = Critique(error=f"{CRITIC_FAILED}: {reason}", seconds=time.perf_counter() - asked)
         attempts.append(
             Attempt(
                 number=number,
@@ -397,6 +416,19 @@ def critique(
 
 def _name(model: object) -> str:
     return str(getattr(model, "name", type(model).__name__))
+
+
+def _info(agent: object) -> dict[str, Any] | None:
+    info = getattr(agent, "info", None)
+    return dict(info) if isinstance(info, dict) else None
+
+
+def _agents_info(planning: PlanResult | None, critic: Agent | None) -> dict[str, Any]:
+    """``{"agents": {"planner": ..., "critic": ...}}`` for agents that describe their weights (a local model:
+    format, resident bytes); nothing when neither does, so such storyboards read as before."""
+    agents = {"planner": planning.planner_info if planning else None, "critic": _info(critic)}
+    agents = {role: info for role, info in agents.items() if info is not None}
+    return {"agents": agents} if agents else {}
 
 
 def resample_temperature(agent: Agent) -> float:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from . import settings
 from .errors import BadInput
 from .prompts import Template, load_template
 
@@ -56,6 +59,36 @@ def fit_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
     scale = math.sqrt(max_pixels / (width * height))
     size = (max(1, math.floor(width * scale)), max(1, math.floor(height * scale)))
     return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def open_image(path: str | Path, max_pixels: int = settings.MAX_INPUT_PIXELS) -> Image.Image:
+    """An RGB image read from a file. Its size comes from the header and is refused above ``max_pixels``
+    before a pixel is decoded, so a decompression bomb costs nothing."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice that; here every oversized picture is refused.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise MessageError(
+                        f"image {path} is {width}x{height} ({width * height / 1e6:.0f} megapixels); input "
+                        f"images may have at most {max_pixels / 1e6:.0f} megapixels: downscale it"
+                    )
+                image.load()
+                rgb = to_rgb(image)
+                return rgb.copy() if rgb is image else rgb  # closing the file frees the image it opened
+    except MessageError:
+        raise
+    except FileNotFoundError:
+        raise MessageError(f"image not found: {path}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise MessageError(
+            f"image {path} is too large to read safely ({error}); input images may have at most "
+            f"{max_pixels / 1e6:.0f} megapixels: downscale it"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise MessageError(f"cannot read image {path}: {error}; use a PNG, JPEG or WebP file") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -182,6 +215,7 @@ __all__ = [
     "fit_pixels",
     "message_images",
     "message_text",
+    "open_image",
     "pixel_budget",
     "planner_messages",
     "white_canvas",

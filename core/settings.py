@@ -22,6 +22,10 @@ DEFAULT_SEED = 0
 SEED_MAX = 0xFFFFFFFFFFFFFFFF  # what ComfyUI's seed widgets allow
 DEFAULT_SIZE = 1024
 MIN_SIZE, MAX_SIZE = 64, 4096
+# The most pixels an input image may have (8192x8192), read from its header before anything is decoded.
+# Below Pillow's own decompression-bomb limit, so a bomb meets this rule first. Inputs are fitted to the
+# story's --width x --height anyway, so a larger picture only costs memory.
+MAX_INPUT_PIXELS = 8192 * 8192
 
 # -- agents ------------------------------------------------------------------------------------------------
 DEFAULT_MAX_NEW_TOKENS = 2048
@@ -30,6 +34,10 @@ DEFAULT_TEMPERATURE = 0.0  # greedy: the same answer every run
 # Re-sampling after an unparseable answer must differ from the first try, so it never runs greedy.
 RESAMPLE_TEMPERATURE = 0.7
 DTYPES = ("auto", "bf16", "fp16", "fp32")
+# How a local agent's linear layers are stored: as ``dtype`` ("none"), 8-bit (LLM.int8) or 4-bit NF4 through
+# bitsandbytes. The rest of the model (embeddings, norms, the output layer) stays in ``dtype``.
+QUANTIZATIONS = ("none", "int8", "nf4")
+DEFAULT_QUANTIZATION = "none"
 DEFAULT_DEVICE = "auto"
 MEMORY_POLICIES = ("keep", "offload")  # keep on the accelerator between calls, or back to the CPU after each
 DEFAULT_HTTP_TIMEOUT = 120.0  # seconds

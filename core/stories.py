@@ -94,8 +94,9 @@ def inside(folder: Path, name: str, what: str) -> Path:
     return target
 
 
-# Names a story folder must not take: the batch's own files.
-_RESERVED_IDS = {"index.html", "batch.json", "batch.lock"}
+# The batch's own files in its --out; a story folder must not take their names.
+BATCH_INDEX, BATCH_JSON, BATCH_LOCK = "index.html", "batch.json", "batch.lock"
+_RESERVED_IDS = {BATCH_INDEX, BATCH_JSON, BATCH_LOCK}
 
 
 def safe_id(text: str) -> str:
@@ -115,4 +116,14 @@ def story_id(item: StoryItem) -> str:
     return f"{slug}-{digest}"
 
 
-__all__ = ["STORY_FILE_SUFFIXES", "StoryItem", "inside", "read_stories", "safe_id", "story_id"]
+__all__ = [
+    "BATCH_INDEX",
+    "BATCH_JSON",
+    "BATCH_LOCK",
+    "STORY_FILE_SUFFIXES",
+    "StoryItem",
+    "inside",
+    "read_stories",
+    "safe_id",
+    "story_id",
+]

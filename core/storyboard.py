@@ -8,6 +8,8 @@ Folders are written under a temporary name and renamed into place, so a reader n
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +19,7 @@ from typing import Any
 from PIL import Image
 
 from .errors import BadInput
-from .files import replace_folder, temporary_name
+from .files import protected_folder, replace_folder, temporary_name
 from .messages import to_rgb, white_canvas
 from .pages import badge, escape, page
 from .protocol import Plan, PlanStep, Verdict
@@ -31,6 +33,12 @@ REJECTED = "rejected"
 UNCHECKED = "unchecked"  # no critic, or its output never parsed: the image is kept unjudged
 ATTEMPT_STATUSES = (ACCEPTED, REJECTED, UNCHECKED)
 TEXT_ONLY = "text"  # step status of a step without a generator prompt
+# How ``critic_error`` begins when the Critic could not be asked at all (not when its answer did not parse).
+CRITIC_FAILED = "the Critic could not be used"
+
+# What a storyboard folder holds: a folder of only these (say, its JSON lost) is what is left of one.
+_LAYOUT_FILES = {FILENAME, "index.html", "story.md"}
+_LAYOUT_FOLDERS = {"inputs", "steps", "attempts"}
 
 
 class StoryboardError(BadInput):
@@ -64,6 +72,11 @@ class Attempt:
         if self.status not in ATTEMPT_STATUSES:
             raise StoryboardError(f"unknown attempt status {self.status!r}")
         self.image = normalize_image(self.image)
+
+    @property
+    def critic_failed(self) -> bool:
+        """The picture is unchecked because the Critic could not be used (an endpoint error, say)."""
+        return self.status == UNCHECKED and self.critic_error.startswith(CRITIC_FAILED)
 
 
 @dataclass(eq=True)
@@ -162,6 +175,44 @@ class Storyboard:
         return (Path(folder) / FILENAME).is_file()
 
     @staticmethod
+    def is_remains(folder: str | Path) -> bool:
+        """Whether ``folder`` is what is left of a storyboard: its picture folders, and nothing but its own
+        files and pictures (a lone index.html could be anyone's)."""
+        folders = 0
+        for entry in Path(folder).iterdir():
+            if entry.is_symlink():
+                return False
+            if entry.is_dir():
+                if entry.name not in _LAYOUT_FOLDERS or any(
+                    p.is_symlink() or not p.is_file() or p.suffix != ".png" for p in entry.iterdir()
+                ):
+                    return False
+                folders += 1
+            elif entry.name not in _LAYOUT_FILES:
+                return False
+        return folders > 0
+
+    @staticmethod
+    def check_replaceable(folder: str | Path) -> None:
+        """Refuse to replace ``folder`` unless it holds a storyboard, what is left of one, or nothing; never
+        the current folder, one above it, or the home folder."""
+        folder = Path(folder)
+        if not os.path.lexists(folder):
+            return
+        protected = protected_folder(folder)
+        if protected:
+            raise StoryboardError(
+                f"{folder} is {protected}; a storyboard never replaces it: choose a new folder"
+            )
+        if not folder.is_dir():
+            raise StoryboardError(f"{folder} is a file, not a storyboard folder; choose a new folder")
+        if not (Storyboard.is_saved(folder) or not any(folder.iterdir()) or Storyboard.is_remains(folder)):
+            raise StoryboardError(
+                f"{folder} holds files that are not a storyboard; only a storyboard folder or an empty one "
+                "is replaced: choose a new folder, or move those files away"
+            )
+
+    @staticmethod
     def find(path: str | Path) -> list[Path]:
         """The storyboard folders at or below ``path``."""
         path = Path(path)
@@ -221,8 +272,10 @@ class Storyboard:
     def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
         """Write the storyboard folder atomically and return its path."""
         folder = Path(folder)
-        if folder.exists() and not overwrite:
-            raise StoryboardError(f"{folder} already exists; choose another folder or allow overwriting")
+        if os.path.lexists(folder):
+            if not overwrite:
+                raise StoryboardError(f"{folder} already exists; choose another folder or allow overwriting")
+            self.check_replaceable(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = temporary_name(folder)
         try:
@@ -310,7 +363,7 @@ def _open(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return normalize_image(image.convert("RGB"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise StoryboardError(f"cannot open image {path}: {error}") from None
 
 
@@ -339,6 +392,7 @@ details{margin-top:.8em;font-size:.9em}
 .attempt img{width:160px;border:1px solid #e3e3e3;border-radius:6px;flex:none}
 .attempt p{margin:.2em 0}
 .inputs img{max-width:200px;border-radius:6px;margin-right:.5em}
+.warn{background:#fef3c7;color:#78350f;border-radius:8px;padding:.6em 1em}
 """
 
 
@@ -349,6 +403,12 @@ def render_html(story: Storyboard) -> str:
         f"<p class=meta>{e(story.mode)} plan · {len(story.steps)} steps · seed {story.seed}"
         f" · {e(str(story.settings.get('generator', '')))} · {e(story.created)}</p>",
     ]
+    failed = [a for a in story.attempts if a.critic_failed]
+    if failed:
+        out.append(
+            f"<p class=warn>The Critic could not be used for {len(failed)} of {len(story.attempts)} "
+            f"pictures: they are kept unchecked. {e(failed[0].critic_error)}</p>"
+        )
     if story.input_images:
         out.append(
             "<div class=inputs>"
@@ -390,15 +450,30 @@ def render_html(story: Storyboard) -> str:
     return page(story.instruction[:80], "\n".join(out), _CSS)
 
 
+# Markdown that makes links, pictures, HTML, code or emphasis anywhere, and block syntax at a line's start.
+_MD_INLINE = re.compile(r"([\\`*_\[\]<>&|~])")
+_MD_LINE_START = re.compile(r"^([ \t]*)([#>+=-]|\d+[.)])", re.MULTILINE)
+
+
+def markdown_text(text: str, *, one_line: bool = False) -> str:
+    """``text`` (the user's or a model's) as Markdown that shows it as written and makes nothing else: no
+    link, picture or HTML a model could slip in. Plain prose stays as it is."""
+    if one_line:
+        text = " ".join(text.split())
+    text = _MD_INLINE.sub(r"\\\1", text)
+    return _MD_LINE_START.sub(lambda m: m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], text)
+
+
 def render_markdown(story: Storyboard) -> str:
-    lines = [f"# {story.instruction}", ""]
+    lines = [f"# {markdown_text(story.instruction, one_line=True)}", ""]
     for step in story.steps:
-        lines.append(f"## {step.number}. {step.plan_step.step_name or 'Step ' + str(step.number)}")
+        name = markdown_text(step.plan_step.step_name or f"Step {step.number}", one_line=True)
+        lines.append(f"## {step.number}. {name}")
         lines.append("")
         if step.image is not None:
             lines += [f"![step {step.number}]({story.step_file(step)})", ""]
         if step.text:
-            lines += [step.text, ""]
+            lines += [markdown_text(step.text), ""]
     return "\n".join(lines)
 
 
@@ -406,6 +481,7 @@ __all__ = [
     "ACCEPTED",
     "ATTEMPT_STATUSES",
     "Attempt",
+    "CRITIC_FAILED",
     "REJECTED",
     "SCHEMA_VERSION",
     "Step",
@@ -413,6 +489,7 @@ __all__ = [
     "StoryboardError",
     "TEXT_ONLY",
     "UNCHECKED",
+    "markdown_text",
     "normalize_image",
     "render_html",
     "render_markdown",

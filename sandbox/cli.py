@@ -10,6 +10,7 @@ from pathlib import Path
 from ..core import settings
 from ..core.cli import EXIT_OK, Command, check_agent_options, endpoint_policy, quiet_libraries
 from ..core.errors import BadInput
+from ..core.stories import safe_id
 from .shipped import MAX_NEW_TOKENS
 
 
@@ -122,8 +123,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         critic = _load(spec, "critic", args, args.critic_model)
         keep = None
         if args.save_storyboards:
-            folder = Path(args.out) / "storyboards" / label(spec).replace(" ", "-")
-            keep = lambda task, story, folder=folder: story.save(folder / task.id, overwrite=True)  # noqa: E731
+            keep = _keeper(Path(args.out) / "storyboards" / safe_id(label(spec)))
         reports.append(
             evaluate(
                 tasks,
@@ -145,9 +145,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     print(table)
     paths = write_reports(reports, args.out)
-    plot = paths["plot"] or "no plot (install matplotlib: pip install 'comfyui-interleave-thinker[train]')"
+    plot = paths["plot"] or "no plot (install matplotlib: pip install 'interleave-thinker[train]')"
     print(f"\n-> {paths['table']}, {paths['results']}, {plot}")
     return EXIT_OK
+
+
+def _keeper(folder: Path):
+    """Save each task's storyboard in ``folder``, under its id, never outside it."""
+
+    def keep(task, story) -> None:
+        try:
+            clean = safe_id(task.id)
+        except ValueError as error:
+            raise BadInput(f"task {task.id!r}: {error}") from None
+        if clean != task.id:  # a folder name of its own: no "..", no slashes
+            raise BadInput(f"task id {task.id!r} is not a folder name; {clean!r} would be")
+        story.save(folder / clean, overwrite=True)
+
+    return keep
 
 
 def _eval_storyboards(args: argparse.Namespace) -> int:

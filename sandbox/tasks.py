@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..core.stories import safe_id
 from .judge import change_summary
 from .language import apply
 from .world import (
@@ -98,9 +99,10 @@ class Task:
 
     @classmethod
     def from_dict(cls, data: dict) -> Task:
+        """A task read from a file, which is data: its id (a folder name) is cleaned as batch ids are."""
         try:
             return cls(
-                id=str(data["id"]),
+                id=safe_id(str(data["id"])),
                 kind=data["kind"],
                 instruction=data["instruction"],
                 steps=tuple(data["steps"]),
@@ -363,12 +365,19 @@ def load_tasks(path: str | Path) -> list[Task]:
     except OSError as error:
         raise TaskError(f"cannot read tasks file {path}: {error}") from None
     tasks = []
+    lines_of: dict[str, int] = {}
     for number, line in enumerate(lines, 1):
         if line.strip():
             try:
-                tasks.append(Task.from_dict(json.loads(line)))
+                task = Task.from_dict(json.loads(line))
             except (ValueError, TaskError) as error:
                 raise TaskError(f"{path}:{number}: {error}") from None
+            if task.id in lines_of:  # two tasks would share one storyboard folder
+                raise TaskError(
+                    f"{path}:{number}: task id {task.id!r} is already used on line {lines_of[task.id]}"
+                )
+            lines_of[task.id] = number
+            tasks.append(task)
     return tasks
 
 

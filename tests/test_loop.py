@@ -234,3 +234,46 @@ def test_run_plan_records_the_route_and_settings():
 def test_bad_loop_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field if field != "mode" else "mode"):
         LoopConfig(**{field: value})
+
+
+class _DownCritic:
+    """A Critic whose endpoint fails on every call."""
+
+    name = "down"
+
+    def __init__(self, error):
+        self.error, self.calls = error, 0
+
+    def complete(self, messages, *, seed, temperature=None, cancel=None):
+        self.calls += 1
+        raise self.error
+
+
+def test_a_critic_that_cannot_be_used_keeps_each_picture_unchecked_with_the_error():
+    from interleave_thinker.core.agents.base import AgentError
+
+    critic = _DownCritic(AgentError("http://127.0.0.1:9/v1/chat/completions: HTTP 500: boom"))
+    generator = PaintGenerator()
+    board = run_story(
+        "a tale", ScriptedAgent([plan_text("a cat", "a hat")]), generator, critic, config=CONFIG
+    )
+    assert (
+        len(generator.calls) == 2 and critic.calls == 2
+    )  # one picture a step, kept: no retries on a failure
+    for step in board.steps:
+        assert step.status == "unchecked" and step.kept.verdict is None and step.kept.critic_failed
+        assert step.kept.critic_error == (
+            "the Critic could not be used: http://127.0.0.1:9/v1/chat/completions: HTTP 500: boom"
+        )
+    assert len(board.images) == 2
+
+
+def test_an_unparseable_verdict_is_unchecked_but_not_a_failed_critic():
+    board, _, _ = story(plan_text("a cat"), ["no idea"])
+    assert board.steps[0].status == "unchecked" and not board.steps[0].kept.critic_failed
+
+
+def test_cancel_inside_the_critic_is_not_taken_for_a_failure():
+    critic = _DownCritic(Cancelled("cancelled during generation"))
+    with pytest.raises(Cancelled):
+        run_story("a tale", ScriptedAgent([plan_text("a cat")]), PaintGenerator(), critic, config=CONFIG)

@@ -200,3 +200,31 @@ def test_the_engine_run_command_draws_with_the_sandbox_generator(tmp_path):
     board = Storyboard.load(tmp_path / "s")
     assert board.settings["generator"] == "sandbox" and len(board.steps) == 2
     assert read(board.steps[1].image) == read(board.before_image(0))  # the circle came and went
+
+
+def test_eval_task_ids_from_a_file_stay_inside_out(tmp_path, capsys):
+    """A tasks file is data: an id of ``../../../x`` names a folder under --out, never one outside it."""
+    from interleave_thinker.sandbox.tasks import make_tasks
+
+    victim = tmp_path / "x"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    rows = [make_tasks("test", 1)[0].to_dict() | {"id": "../../../x"}]
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "a" / "b" / "out"
+    argv = ["eval", "--tasks-file", str(path), "--planner", "oracle", "--critic", "oracle", "--out", str(out)]
+    assert main([*argv, "--save-storyboards", "--quiet"]) == 0
+    assert (victim / "precious.txt").read_text() == "keep me" and [p.name for p in victim.iterdir()] == [
+        "precious.txt"
+    ]
+    assert Storyboard.is_saved(out / "storyboards" / "oracle-critic" / "x")
+    assert load_tasks(path)[0].id == "x"
+
+    # Ids that clean to the same folder, or to nothing: refused, saying where.
+    for bad, says in (("x", "already used on line 1"), ("../..", "no usable characters")):
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows + [rows[0] | {"id": bad}]))
+        capsys.readouterr()
+        assert main([*argv, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}:2:" in err and says in err, err

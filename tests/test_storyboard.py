@@ -103,3 +103,88 @@ def test_loading_damaged_or_foreign_folders_says_what_is_wrong(board, tmp_path):
 def test_before_images_follow_the_story(board):
     assert set(board.before_image(0).getdata()) == {(255, 255, 255)}
     assert pixels(board.before_image(2)) == pixels(board.steps[0].image)
+
+
+# -- replacing a folder: only a storyboard, what is left of one, or an empty folder --------------------------
+
+
+def test_overwrite_replaces_only_a_storyboard_what_is_left_of_one_or_an_empty_folder(board, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    board.save(empty, overwrite=True)
+    remains = board.save(tmp_path / "remains")
+    (remains / "storyboard.json").unlink()
+    assert not Storyboard.is_saved(remains) and Storyboard.is_remains(remains)
+    board.save(remains, overwrite=True)
+    assert Storyboard.load(remains) == board
+
+    mine = tmp_path / "mine"
+    (mine / "steps").mkdir(parents=True)
+    (mine / "steps" / "notes.txt").write_text("mine")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("mine")  # a storyboard's file name, but no storyboard
+    file = tmp_path / "file.txt"
+    file.write_text("mine")
+    for folder, says in ((mine, "not a storyboard"), (site, "not a storyboard"), (file, "is a file")):
+        with pytest.raises(StoryboardError, match=says):
+            board.save(folder, overwrite=True)
+    assert (mine / "steps" / "notes.txt").read_text() == "mine" and file.read_text() == "mine"
+    assert (site / "index.html").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file.txt", "mine", "remains", "site"]
+
+
+def test_overwrite_never_replaces_the_current_folder_or_one_above_it(board, tmp_path, monkeypatch):
+    inner = board.save(tmp_path / "story")
+    monkeypatch.chdir(inner)  # a storyboard, but the folder the user stands in
+    with pytest.raises(StoryboardError, match="the current folder"):
+        board.save(inner, overwrite=True)
+    monkeypatch.chdir(inner / "steps")
+    with pytest.raises(StoryboardError, match="a folder above the current one"):
+        board.save(inner, overwrite=True)
+    assert Storyboard.is_saved(inner)
+
+
+def test_replacing_a_link_leaves_what_it_points_to(board, tmp_path):
+    target = board.save(tmp_path / "target")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    board.instruction = "new"
+    board.save(link, overwrite=True)
+    assert not link.is_symlink() and Storyboard.load(link).instruction == "new"
+    assert Storyboard.load(target).instruction == "A cat's day"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]
+
+
+# -- story.md shows model text as written, and makes nothing of it -------------------------------------------
+
+HOSTILE = (
+    "See [the site](https://attacker.example/x) ![pixel](https://attacker.example/p.png) "
+    '<img src=x onerror="alert(1)"> <https://attacker.example> &lt;b&gt; *loud* `code`\n'
+    "# not a heading\n1. not a list\n> not a quote\n---"
+)
+
+
+def test_story_md_escapes_what_a_model_writes(tmp_path):
+    name = "[click](https://attacker.example)\n# h1"
+    plan = repr(
+        {"execution_plan": [{"step_number": 1, "step_name": name, "instruction": HOSTILE, "prompt": "a"}]}
+    )
+    board = run_story(
+        "A <b>bold</b> [plan](https://attacker.example)",
+        ScriptedAgent([f"<answer>{plan}</answer>"]),
+        PaintGenerator(),
+        None,
+        config=LoopConfig(width=64, height=64),
+    )
+    md = (board.save(tmp_path / "story") / "story.md").read_text()
+    assert md.startswith("# A \\<b\\>bold\\</b\\> \\[plan\\](https://attacker.example)\n")
+    assert "## 1. \\[click\\](https://attacker.example) # h1\n" in md  # a heading stays one line
+    markdown_it = pytest.importorskip("markdown_it")
+    rendered = markdown_it.MarkdownIt("commonmark").render(md)
+    # The only link or picture is the storyboard's own step image, and no tag comes from the text.
+    assert rendered.count("<img") == 1 and '<img src="steps/step-01.png"' in rendered
+    assert "<a " not in rendered and "<b>" not in rendered and "&lt;img src=x onerror" in rendered
+    assert rendered.count("<h1>") == 1 and rendered.count("<h2>") == 1
+    for tag in ("<ol", "<blockquote", "<hr", "<em>", "<code>"):
+        assert tag not in rendered, tag
