@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..core.errors import BackendError, Cancelled, InterleaveThinkerError
 
@@ -20,6 +20,10 @@ PREVIEW_SIZE = 512
 
 class NodeError(InterleaveThinkerError, RuntimeError):
     """A problem the user can fix, worded for the node's error box."""
+
+    # ComfyUI shows an error's type as ``module.ClassName``, and a pack loaded from custom_nodes has the
+    # folder's path in its module names: one stable name instead, the same on every machine.
+    __module__ = "InterleaveThinker"
 
 
 @contextlib.contextmanager
@@ -119,12 +123,28 @@ def list_agent_folders() -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def check_inside(name: str, what: str, where: str) -> list[str]:
+    """The parts of ``name``, a path relative to the folder ``where`` that cannot leave it: no ``..``, no
+    absolute path or drive (in POSIX or Windows spelling), nothing empty; a NodeError saying so otherwise."""
+    text = str(name).strip()
+    parts = [part for part in text.replace("\\", "/").split("/") if part not in ("", ".")]
+    if not parts:
+        raise NodeError(f"{what} is empty: name something inside {where}")
+    windows = PureWindowsPath(text)
+    if ".." in parts or PurePosixPath(text).is_absolute() or windows.drive or windows.root:
+        raise NodeError(f"{what} must stay inside {where}: no '..', no absolute path (got {name!r})")
+    return parts
+
+
+def check_agent_name(name: str) -> list[str]:
+    """The parts of a Load Agent folder name, refused when it reaches outside models/LLM."""
+    return check_inside(name or "", "model", f"models/{LLM_FOLDER} (choose a folder from the list)")
+
+
 def find_agent_folder(name: str) -> Path:
     """The folder ``name`` under one of the models/LLM paths, or a NodeError naming where it looked."""
+    parts = check_agent_name(name)
     bases = llm_folders()
-    parts = Path(name.strip()).parts if name else ()
-    if not parts or any(part in ("..", "") for part in parts) or Path(name).is_absolute():
-        raise NodeError(f"choose a model folder inside models/{LLM_FOLDER} (got {name!r})")
     for base in bases:
         candidate = Path(base, *parts)
         if candidate.is_dir():

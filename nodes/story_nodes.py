@@ -16,6 +16,7 @@ from ..core.storyboard import Storyboard, StoryboardError
 from .host import (
     NodeError,
     Progress,
+    check_inside,
     engine_errors,
     input_directory,
     interrupted,
@@ -293,13 +294,27 @@ class SaveStoryboard:
                     {
                         "default": "InterleaveThinker/story",
                         "tooltip": "Folder name prefix inside the output folder; a counter is added. "
-                        "%date:yyyy-MM-dd% style and sub-folders work as in Save Image.",
+                        "%date:yyyy-MM-dd% style and sub-folders work as in Save Image; '..' and absolute "
+                        "paths are refused.",
                     },
                 ),
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix):
+        """A prefix reaching outside the output folder is refused when the prompt is queued, not after the
+        whole story ran; a linked one (None here) is checked when the node runs."""
+        if filename_prefix is None:
+            return True
+        try:
+            _check_prefix(filename_prefix)
+        except NodeError as error:
+            return str(error)
+        return True
+
     def save(self, storyboard, filename_prefix):
+        _check_prefix(filename_prefix)
         folder_paths = module("folder_paths")
         output = str(output_directory())
         try:
@@ -402,6 +417,10 @@ class StoryList:
                 "input folder"
             )
         return (instructions, len(instructions))
+
+
+def _check_prefix(prefix: str) -> None:
+    check_inside(prefix, "filename_prefix", "the output folder (e.g. InterleaveThinker/story)")
 
 
 def _story_files() -> list[str]:

@@ -4,11 +4,14 @@ With COMFYUI_PATH set they must run: a wrong path is an error, and any skip amon
 so a run that was meant to test against ComfyUI cannot pass without doing so.
 
 One server per session, headless on loopback with a temporary base directory: this pack symlinked into its
-custom_nodes, tiny seeded checkpoints in its models folder, the tiny transformers agent in models/LLM.
+custom_nodes, tiny seeded checkpoints in its models folder, the tiny transformers agent in models/LLM (and a
+copy of it that never ends an answer on its own). The server's environment holds fake secrets and no
+allow-list of this machine's, so it allows what a fresh install allows: loopback and the default key variable.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +19,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from client import BAD_LOG_LINES, PACK_NAME, TINY_AGENT, ComfyServer, bad_log_lines
+from client import (
+    BAD_LOG_LINES,
+    ENDLESS_AGENT,
+    ENDLESS_TOKENS,
+    PACK_NAME,
+    SECRETS,
+    TINY_AGENT,
+    ComfyServer,
+    bad_log_lines,
+)
 from helpers import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -71,6 +83,8 @@ def comfy_base(comfyui_path, tmp_path_factory, tiny_agent_dir) -> Path:
     for sub in ("custom_nodes", "input", "output", "models/LLM"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / PACK_NAME).symlink_to(PACK, target_is_directory=True)
+    # Test-only: a route that shows ComfyUI's loaded models (test_memory.py reads it).
+    (base / "custom_nodes" / "it_memory_probe").symlink_to(HERE / "memory_probe", target_is_directory=True)
     command = [sys.executable, str(HERE / "tiny_models.py"), "--comfyui", str(comfyui_path)]
     built = subprocess.run(
         [*command, "--models", str(base / "models")],
@@ -82,12 +96,19 @@ def comfy_base(comfyui_path, tmp_path_factory, tiny_agent_dir) -> Path:
     assert built.returncode == 0, f"building the tiny ComfyUI models failed:\n{built.stderr[-4000:]}"
     # A copy of the session's tiny agent: a test changes a file in it.
     shutil.copytree(tiny_agent_dir, base / "models" / "LLM" / TINY_AGENT)
+    endless = shutil.copytree(tiny_agent_dir, base / "models" / "LLM" / ENDLESS_AGENT)
+    config = json.loads((endless / "generation_config.json").read_text())
+    config["min_new_tokens"] = ENDLESS_TOKENS  # transformers holds the end-of-turn tokens back until then
+    (endless / "generation_config.json").write_text(json.dumps(config))
     return base
 
 
 @pytest.fixture(scope="session")
 def comfy_server(comfyui_path, comfy_base):
-    server = ComfyServer(comfyui_path, comfy_base, free_port())
+    from interleave_thinker.core.endpoints import ENDPOINTS_ENV, KEY_ENVS_ENV
+
+    env = {**SECRETS, ENDPOINTS_ENV: None, KEY_ENVS_ENV: None}
+    server = ComfyServer(comfyui_path, comfy_base, free_port(), env=env)
     server.start()
     _RUNNING.append(server)
     try:

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_workflows as wf
-from client import PACK_NAME, TINY_AGENT, PromptRejected
+from client import ENDLESS_AGENT, ENDLESS_TOKENS, PACK_NAME, TINY_AGENT, PromptRejected
 from helpers import ChatServer, ScriptedAgent, free_port, plan_text, verdict_text
 from PIL import Image
 
 from interleave_thinker import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from interleave_thinker.core import settings
 from interleave_thinker.core.generators import GeneratorError
 from interleave_thinker.core.generators.comfyui_server import ComfyUIServerGenerator
 from interleave_thinker.core.loop import LoopConfig, run_story
@@ -135,7 +136,11 @@ def test_the_pack_loads_and_every_workflow_matches_the_live_nodes(comfy_server):
             for key in ("default", "min", "max", "control_after_generate", "image_upload"):
                 assert options.get(key) == live_options.get(key), (name, input_name, key)
     specs = live_specs(info)
+    version = comfy_server.get("/system_stats")["system"]["comfyui_version"]
     for path in wf.UI_FILES:
+        needed = wf.required_comfyui(path)
+        if needed and wf.version_tuple(version) < wf.version_tuple(needed):
+            continue  # a newer ComfyUI's workflow: what this one does with it is the next test
         assert wf.check_ui(wf.load(path), specs) == [], path.name
         assert wf.check_api(wf.load(WORKFLOWS / "api" / path.name), specs) == [], path.name
     # ComfyUI's template browser lists the UI workflows and serves them.
@@ -146,6 +151,23 @@ def test_the_pack_loads_and_every_workflow_matches_the_live_nodes(comfy_server):
     extensions = comfy_server.get("/extensions")
     script = next(path for path in extensions if path.endswith("/storyboard.js"))
     assert b"InterleaveThinkerSaveStoryboard" in comfy_server.get_bytes(script)
+
+
+def test_a_comfyui_older_than_a_workflow_needs_stops_where_the_workflow_says(comfy_server):
+    # The FLUX.2 [klein] workflow on a ComfyUI that predates FLUX.2: refused before anything runs, on the
+    # loader whose title names the ComfyUI it needs (the workflow's note says the same).
+    version = comfy_server.get("/system_stats")["system"]["comfyui_version"]
+    needed = wf.required_comfyui(WORKFLOWS / "story_flux2_klein_reference.json")
+    graph = api_workflow("story_flux2_klein_reference")
+    if wf.version_tuple(version) >= wf.version_tuple(needed):  # a ComfyUI with FLUX.2: the graph fits it
+        assert wf.check_api(graph, live_specs(comfy_server.get("/object_info"))) == []
+        return
+    with pytest.raises(PromptRejected) as rejected:
+        comfy_server.submit(graph)
+    errors = rejected.value.body["node_errors"]
+    loader = next(key for key, node in graph.items() if node["class_type"] == "CLIPLoader")
+    assert loader in errors and f"ComfyUI {needed}+" in graph[loader]["_meta"]["title"]
+    assert any("flux2" in error["details"] for error in errors[loader]["errors"])
 
 
 def test_sd15_story_by_img2img_with_planner_and_critic(comfy_server, comfy_base):
@@ -333,16 +355,72 @@ def test_interrupt_stops_the_loop_before_its_next_model_call(comfy_server, comfy
     assert not [p for p in (comfy_base / "output").rglob(".*tmp*")]
 
 
-def test_a_missing_model_folder_is_reported_on_the_node(comfy_server, comfy_base):
-    graph = api_workflow("story_sd15_img2img")
-    graph["5"]["inputs"]["ckpt_name"] = SD15
-    graph["1"]["inputs"]["model"] = "no-such-agent"
-    with pytest.raises(PromptRejected) as rejected:
-        comfy_server.submit(graph)
+def test_cancel_stops_a_local_agent_in_the_middle_of_its_answer(comfy_server, comfy_base):
+    """The Planner's agent never ends an answer on its own (one try is thousands of tokens, many seconds):
+    Cancel pressed while it writes stops the prompt within the token it was making."""
+    graph = sd15_story(None, None, "it_cancel/story")
+    graph["1"]["inputs"].update(
+        backend=LOCAL,
+        model=ENDLESS_AGENT,
+        device="cpu",
+        dtype="fp32",
+        memory=OFFLOAD,
+        max_new_tokens=ENDLESS_TOKENS,
+    )
+    seen: dict = {}
+
+    def press_cancel_while_it_writes(event):
+        data = event["data"]
+        if event["type"] == "execution_interrupted":
+            seen["stopped"] = time.monotonic()
+        elif "pressed" not in seen and event["type"] == "progress" and data["node"] == PLANNER:
+            if 0 < data["value"] < ENDLESS_TOKENS:  # tokens of the first answer are coming
+                seen["pressed"], seen["tokens"] = time.monotonic(), data["value"]
+                comfy_server.interrupt()
+
+    run = comfy_server.run(graph, timeout=300, on_event=press_cancel_while_it_writes)
+    assert "pressed" in seen, "the Planner's bar never showed tokens"
+    kinds = [kind for kind, _ in run.history["status"]["messages"]]
+    assert "execution_interrupted" in kinds and "execution_error" not in kinds
+    seconds = seen["stopped"] - seen["pressed"]
+    print(f"Cancel after {seen['tokens']} of {ENDLESS_TOKENS} tokens: stopped {seconds:.3f} s later")
+    assert seconds < 2.0  # the issue's bound, far above what it takes (see the report's number)
+    # The answer was cut short: the bar never passed the first try.
+    assert max(value for value, _ in run.progress(PLANNER)) < ENDLESS_TOKENS
+    assert not (comfy_base / "output" / "it_cancel").exists()  # nothing downstream ran
+    assert not [p for p in (comfy_base / "output").rglob(".*tmp*")]
+    # The interrupt was spent on this prompt: the next one runs.
+    with ChatServer(lambda body, n: plan_text("a cat")) as planner:
+        assert comfy_server.run(sd15_story(planner, None, "it_cancel_after/story")).status == "success"
+
+
+def test_an_empty_instruction_is_refused_when_queued(comfy_server):
+    with ChatServer(lambda body, n: plan_text("a cat")) as planner:
+        graph = sd15_story(planner, None, "it_empty/story")
+        graph[PLANNER]["inputs"]["instruction"] = "  \n "
+        with pytest.raises(PromptRejected) as rejected:
+            comfy_server.submit(graph)
+        assert planner.requests == []
     errors = rejected.value.body["node_errors"]
-    details = " ".join(e["details"] for e in errors["1"]["errors"])
-    assert "'no-such-agent' not found; looked in" in details
-    assert str(comfy_base / "models" / "LLM") in details
+    assert list(errors) == [PLANNER]
+    (error,) = errors[PLANNER]["errors"]
+    assert error["extra_info"]["input_name"] == "instruction" and "instruction is empty" in error["details"]
+
+
+def test_a_missing_model_folder_is_reported_once_on_the_loader(
+    comfy_server, comfy_base, server_errors_expected
+):
+    graph = sd15_story(None, None, "it_missing/story")  # the shipped local-folder Planner
+    graph["1"]["inputs"]["model"] = "no-such-agent"
+    run = comfy_server.run(graph)
+    (error,) = run.messages("execution_error")
+    assert error["node_id"] == "1" and error["exception_type"] == "InterleaveThinker.NodeError"
+    assert "model folder 'no-such-agent' not found; looked in" in error["exception_message"]
+    assert str(comfy_base / "models" / "LLM") in error["exception_message"]
+    # The same graph with an endpoint needs no local folder: the model widget is not in its way.
+    with ChatServer(lambda body, n: plan_text("a cat")) as planner:
+        use_endpoint(graph, "1", planner)
+        assert comfy_server.run(graph).status == "success"
 
 
 def test_a_planner_that_never_plans_and_an_unreachable_endpoint_fail_in_plain_words(
@@ -352,9 +430,15 @@ def test_a_planner_that_never_plans_and_an_unreachable_endpoint_fail_in_plain_wo
     use_tiny_agent(graph, "1")
     run = comfy_server.run(graph)
     (error,) = run.messages("execution_error")
-    assert error["node_id"] == PLANNER
+    assert error["node_id"] == PLANNER and error["exception_type"] == "InterleaveThinker.NodeError"
     assert "the Planner (tiny-agent) gave no valid plan" in error["exception_message"]
     assert "Try another seed" in error["exception_message"]
+    # The bar moved while it planned: every try of 8 tokens, in order, to the end.
+    tries = settings.DEFAULT_PLANNER_TRIES
+    bar = run.progress(PLANNER)
+    assert {total for _, total in bar} == {tries * 8}
+    values = [value for value, _ in bar]
+    assert values == sorted(values) and {8 * n for n in range(tries + 1)} <= set(values)
     # The loaded agent is cached while its folder is unchanged; a changed file in it loads it again.
     assert "1" in comfy_server.run(graph).messages("execution_cached")[0]["nodes"]
     (comfy_base / "models" / "LLM" / TINY_AGENT / "NOTES.md").write_text("retrained")
