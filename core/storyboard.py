@@ -22,6 +22,7 @@ from .errors import BadInput
 from .files import protected_folder, replace_folder, temporary_name
 from .messages import to_rgb, white_canvas
 from .pages import badge, escape, page
+from .print_pages import is_print_file, write_pages
 from .protocol import Plan, PlanStep, Verdict
 
 SCHEMA_VERSION = 1
@@ -188,7 +189,7 @@ class Storyboard:
                 ):
                     return False
                 folders += 1
-            elif entry.name not in _LAYOUT_FILES:
+            elif entry.name not in _LAYOUT_FILES and not is_print_file(entry.name):
                 return False
         return folders > 0
 
@@ -269,8 +270,12 @@ class Storyboard:
             ],
         }
 
-    def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the storyboard folder atomically and return its path."""
+    def save(self, folder: str | Path, *, overwrite: bool = False, pages: bool = True) -> Path:
+        """Write the storyboard folder atomically and return its path.
+
+        ``pages``: also the printable pages (``page-NN.png``) and ``storyboard.pdf`` (about half a second more;
+        evaluation runs that save hundreds of storyboards turn it off).
+        """
         folder = Path(folder)
         if os.path.lexists(folder):
             if not overwrite:
@@ -279,14 +284,14 @@ class Storyboard:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = temporary_name(folder)
         try:
-            self._write(tmp)
+            self._write(tmp, pages)
             replace_folder(tmp, folder)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
-    def _write(self, root: Path) -> None:
+    def _write(self, root: Path, pages: bool = True) -> None:
         for sub in ("inputs", "steps", "attempts"):
             (root / sub).mkdir(parents=True)
         data = self.to_dict()
@@ -300,6 +305,8 @@ class Storyboard:
         (root / FILENAME).write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
         (root / "index.html").write_text(render_html(self), encoding="utf-8")
         (root / "story.md").write_text(render_markdown(self), encoding="utf-8")
+        if pages:
+            write_pages(self, root)
 
     @classmethod
     def load(cls, folder: str | Path) -> Storyboard:

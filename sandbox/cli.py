@@ -160,7 +160,7 @@ def _keeper(folder: Path):
             raise BadInput(f"task {task.id!r}: {error}") from None
         if clean != task.id:  # a folder name of its own: no "..", no slashes
             raise BadInput(f"task id {task.id!r} is not a folder name; {clean!r} would be")
-        story.save(folder / clean, overwrite=True)
+        story.save(folder / clean, overwrite=True, pages=False)
 
     return keep
 

@@ -50,10 +50,12 @@ def test_folder_layout_and_pages(board, tmp_path):
         "attempts/step-03-attempt-2.png",
         "index.html",
         "inputs/input-01.png",
+        "page-01.png",
         "steps/step-01.png",
         "steps/step-03.png",
         "story.md",
         "storyboard.json",
+        "storyboard.pdf",
     ]
     data = json.loads((folder / "storyboard.json").read_text())
     assert data["version"] == SCHEMA_VERSION and data["plan"]["execution_plan"][1]["prompt"] is None
