@@ -5,19 +5,40 @@ inside the functions that need them, so these classes import and describe themse
 """
 
 from .agent_nodes import Critic, LoadAgent, Planner
+from .page_nodes import StoryboardPage
+from .protocol_nodes import CriticPrompt, ParsePlan, ParseVerdict, PlannerPrompt
 from .story_nodes import PlanToPrompts, RefineLoop, SaveStoryboard, StoryList
 
-_NODES = {
-    "InterleaveThinkerLoadAgent": (LoadAgent, "Load Agent"),
-    "InterleaveThinkerPlanner": (Planner, "Planner"),
-    "InterleaveThinkerCritic": (Critic, "Critic"),
-    "InterleaveThinkerRefineLoop": (RefineLoop, "Refine Loop"),
-    "InterleaveThinkerPlanToPrompts": (PlanToPrompts, "Plan to Prompts"),
-    "InterleaveThinkerSaveStoryboard": (SaveStoryboard, "Save Storyboard"),
-    "InterleaveThinkerStoryList": (StoryList, "Story List"),
+# Plain dict literals with string keys, not built in a loop: ComfyUI-Manager's scanner reads the node ids
+# from the source without importing it. Saved workflows hold the ids: never rename one.
+NODE_CLASS_MAPPINGS = {
+    "InterleaveThinkerLoadAgent": LoadAgent,
+    "InterleaveThinkerPlanner": Planner,
+    "InterleaveThinkerCritic": Critic,
+    "InterleaveThinkerRefineLoop": RefineLoop,
+    "InterleaveThinkerPlanToPrompts": PlanToPrompts,
+    "InterleaveThinkerSaveStoryboard": SaveStoryboard,
+    "InterleaveThinkerStoryList": StoryList,
+    "InterleaveThinkerPlannerPrompt": PlannerPrompt,
+    "InterleaveThinkerParsePlan": ParsePlan,
+    "InterleaveThinkerCriticPrompt": CriticPrompt,
+    "InterleaveThinkerParseVerdict": ParseVerdict,
+    "InterleaveThinkerStoryboardPage": StoryboardPage,
 }
 
-NODE_CLASS_MAPPINGS: dict = {name: cls for name, (cls, _) in _NODES.items()}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {name: title for name, (_, title) in _NODES.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "InterleaveThinkerLoadAgent": "Load Agent",
+    "InterleaveThinkerPlanner": "Planner",
+    "InterleaveThinkerCritic": "Critic",
+    "InterleaveThinkerRefineLoop": "Refine Loop",
+    "InterleaveThinkerPlanToPrompts": "Plan to Prompts",
+    "InterleaveThinkerSaveStoryboard": "Save Storyboard",
+    "InterleaveThinkerStoryList": "Story List",
+    "InterleaveThinkerPlannerPrompt": "Planner Prompt",
+    "InterleaveThinkerParsePlan": "Parse Plan",
+    "InterleaveThinkerCriticPrompt": "Critic Prompt",
+    "InterleaveThinkerParseVerdict": "Parse Verdict",
+    "InterleaveThinkerStoryboardPage": "Storyboard Page",
+}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

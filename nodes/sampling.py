@@ -13,7 +13,6 @@ from PIL import Image
 
 from ..core.generators.base import IMG2IMG, REFERENCE, TEXT_TO_IMAGE, GeneratorError, check_route
 from ..core.messages import to_rgb
-from . import memory
 from .host import module
 from .images import to_pil, to_tensor
 
@@ -23,7 +22,11 @@ REFERENCE_MODELS = ("Flux", "Flux2", "QwenImage", "Omnigen2")
 # one: FLUX.1 Kontext and FLUX.1 dev share the "Flux" layout, as Qwen-Image-Edit and Qwen-Image share
 # "QwenImage"; ComfyUI cannot tell them apart, so "auto" edits by reference there.
 REFERENCE_CONFIGS = ("Flux", "Flux2", "QwenImage", "Omnigen2")
+# Every FLUX.2 model (dev, klein and variants to come) is an edit model, whatever its configuration is called.
+REFERENCE_FAMILY_PREFIXES = ("Flux2",)
 QWEN_IMAGE = "QwenImage"
+# ComfyUI's own FLUX.2 [klein] templates are saved with this version; older ones cannot load klein at all.
+FLUX2_COMFYUI = "0.8.2"
 
 
 def model_family(model) -> str:
@@ -40,17 +43,22 @@ def supports_reference(model) -> bool:
     return any(name in REFERENCE_MODELS for name in _model_classes(model))
 
 
+def is_edit_family(family: str) -> bool:
+    """Whether checkpoints of this configuration are edit models, so "auto" edits by reference latent."""
+    return family in REFERENCE_CONFIGS or family.startswith(REFERENCE_FAMILY_PREFIXES)
+
+
 def resolve_route(model, requested: str) -> str:
     """The edit route for ``model``: "auto" picks reference for edit families and img2img for the rest."""
     check_route(requested)
     family = model_family(model)
     if requested == "auto":
-        return REFERENCE if family in REFERENCE_CONFIGS and supports_reference(model) else IMG2IMG
+        return REFERENCE if is_edit_family(family) and supports_reference(model) else IMG2IMG
     if requested == REFERENCE and not supports_reference(model):
         raise GeneratorError(
             f"the loaded model ({family}) cannot edit by reference latent: it ignores the before image "
             f"there. Choose img2img or text-to-image, or load an edit model (FLUX Kontext, FLUX.2, "
-            f"Qwen-Image-Edit)"
+            f"Qwen-Image-Edit; FLUX.2 [klein] needs ComfyUI {FLUX2_COMFYUI} or newer)"
         )
     return requested
 
@@ -97,7 +105,6 @@ class ComfyGenerator:
     def text_to_image(self, prompt: str, *, width: int, height: int, seed: int) -> Image.Image:
         import torch
 
-        self._make_room()
         ratio = self.vae.spacial_compression_encode()
         latent = torch.zeros([1, self.vae.latent_channels, max(1, height // ratio), max(1, width // ratio)])
         return self._sample(self._encode(prompt), {"samples": latent}, seed, 1.0, (width, height))
@@ -108,7 +115,6 @@ class ComfyGenerator:
         before = to_rgb(before)
         if self.edit_route == TEXT_TO_IMAGE:
             return self.text_to_image(prompt, width=before.width, height=before.height, seed=seed)
-        self._make_room()
         pixels = to_tensor([before])
         encoded = self._nodes().VAEEncode().encode(self.vae, pixels)[0]
         if self.edit_route == IMG2IMG:
@@ -121,12 +127,6 @@ class ComfyGenerator:
     @staticmethod
     def _nodes():
         return module("nodes")
-
-    def _make_room(self) -> None:
-        """Agents kept on the GPU step aside if the diffusion model, text encoder or VAE would not fit."""
-        memory.release_agents_for(
-            self.model, getattr(self.clip, "patcher", None), getattr(self.vae, "patcher", None)
-        )
 
     def _encode(self, text: str):
         conditioning = self._nodes().CLIPTextEncode().encode(self.clip, text)[0]

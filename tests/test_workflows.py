@@ -6,13 +6,17 @@ integration tests compare CORE_SPECS with a live server's /object_info, so the c
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
+import types
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from interleave_thinker import NODE_CLASS_MAPPINGS
+from interleave_thinker.nodes import sampling
 from interleave_thinker.nodes.types import FALLBACK_SAMPLERS, FALLBACK_SCHEDULERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +145,34 @@ CORE_SPECS = {
         (),
     ),
     "PreviewAny": ({"required": {"source": ("*", {})}}, ()),
+    "PrimitiveStringMultiline": ({"required": {"value": ("STRING", {"multiline": True})}}, ("STRING",)),
+    "RegexReplace": (
+        {
+            "required": {
+                "string": ("STRING", {"multiline": True}),
+                "regex_pattern": ("STRING", {"multiline": True}),
+                "replace": ("STRING", {"multiline": True}),
+            },
+            "optional": {
+                "case_insensitive": ("BOOLEAN", {"default": True}),
+                "multiline": ("BOOLEAN", {"default": False}),
+                "dotall": ("BOOLEAN", {"default": False}),
+                "count": ("INT", {"default": 0, "min": 0, "max": 100}),
+            },
+        },
+        ("STRING",),
+    ),
 }
+
+
+# Combo choices newer than the ComfyUI that CORE_SPECS mirrors (v0.3.64), with the ComfyUI version that offers
+# them (ComfyUI's own FLUX.2 [klein] templates are saved with 0.8.2). A workflow may use one only when its
+# extra.info says it needs that ComfyUI ("requires_comfyui"); it says so in its note and description too.
+LATER_CHOICES = {("CLIPLoader", "type"): {"flux2": sampling.FLUX2_COMFYUI}}
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,6 +246,26 @@ def core_specs() -> dict[str, NodeSpec]:
 
 def known_specs() -> dict[str, NodeSpec]:
     return {**core_specs(), **our_specs()}
+
+
+def required_comfyui(path: Path) -> str | None:
+    """The newer ComfyUI a shipped workflow says it needs (UI and API copies share the UI file's word)."""
+    return load(WORKFLOWS / path.name)["extra"]["info"].get("requires_comfyui")
+
+
+def specs_for(version: str | None, specs: dict[str, NodeSpec] | None = None) -> dict[str, NodeSpec]:
+    """``specs`` (default: ours and CORE_SPECS) with the later combo choices a ComfyUI ``version`` offers."""
+    specs = copy.deepcopy(specs if specs is not None else known_specs())
+    for (node, input_name), choices in LATER_CHOICES.items():
+        added = [
+            c for c, since in choices.items() if version and version_tuple(since) <= version_tuple(version)
+        ]
+        if node in specs and added:
+            specs[node].inputs = [
+                (name, kind + [c for c in added if c not in kind] if name == input_name else kind, options)
+                for name, kind, options in specs[node].inputs
+            ]
+    return specs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -304,7 +355,7 @@ def check_ui(workflow: dict, specs: dict[str, NodeSpec]) -> list[str]:
                         f"{where}: output {output['name']} lists link {link_id} that does not start there"
                     )
         problems += check_widget_values(where, spec, node.get("widgets_values", []))
-    for link_id, origin, origin_slot, target, target_slot, link_type in workflow["links"]:
+    for link_id, origin, origin_slot, target, target_slot, _link_type in workflow["links"]:
         if origin not in nodes or target not in nodes:
             problems.append(f"link {link_id} joins missing nodes")
             continue
@@ -319,24 +370,36 @@ def check_ui(workflow: dict, specs: dict[str, NodeSpec]) -> list[str]:
     return problems
 
 
+def widget_width(options: dict) -> int:
+    """How many entries one widget takes in widgets_values (its value, a seed's control, an upload button)."""
+    return 1 + bool(options.get("control_after_generate")) + bool(options.get("image_upload"))
+
+
 def ui_widget_values(spec: NodeSpec, values: list) -> dict:
-    """Widget values by input name, skipping the frontend's extra entries (seed control, upload button)."""
+    """Widget values by input name, skipping the frontend's extra entries (seed control, upload button).
+    Widgets past the end of ``values`` (optional ones added after the workflow was saved) are left out."""
     named, position = {}, 0
-    for name, kind, options in spec.widgets():
-        named[name] = values[position] if position < len(values) else None
-        position += 1 + bool(options.get("control_after_generate")) + bool(options.get("image_upload"))
+    for name, _kind, options in spec.widgets():
+        if position < len(values):
+            named[name] = values[position]
+        position += widget_width(options)
     return named
 
 
 def check_widget_values(where: str, spec: NodeSpec, values: list) -> list[str]:
-    expected = sum(
-        1 + bool(o.get("control_after_generate")) + bool(o.get("image_upload")) for _, _, o in spec.widgets()
-    )
-    if len(values) != expected:
-        return [f"{where}: {len(values)} widget values, the node has {expected}"]
+    # A workflow saved before an optional widget was added stops before it; the frontend fills its default.
+    ends, position = set(), 0
+    for name, _kind, options in spec.widgets():
+        if name not in spec.required:
+            ends.add(position)
+        position += widget_width(options)
+    if len(values) not in ends | {position}:
+        return [f"{where}: {len(values)} widget values, the node has {position}"]
     problems = []
     position = 0
     for name, kind, options in spec.widgets():
+        if position >= len(values):
+            break
         problems += value_problems(where, name, kind, options, values[position], spec)
         if options.get("control_after_generate") and values[position + 1] not in (
             "fixed",
@@ -345,7 +408,7 @@ def check_widget_values(where: str, spec: NodeSpec, values: list) -> list[str]:
             "randomize",
         ):
             problems.append(f"{where}: {name}'s control value {values[position + 1]!r} is not a known mode")
-        position += 1 + bool(options.get("control_after_generate")) + bool(options.get("image_upload"))
+        position += widget_width(options)
     return problems
 
 
@@ -406,23 +469,46 @@ def load(path: Path) -> dict:
 
 def test_the_template_browser_finds_the_workflows():
     # ComfyUI lists *.json directly inside <pack>/workflows; the API copies live one folder down.
-    assert len(UI_FILES) >= 5
+    assert len(UI_FILES) >= 6
     assert {path.name for path in UI_FILES} == {path.name for path in API_FILES}
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_every_workflow_has_a_thumbnail_and_a_one_line_description(path):
+    # The frontend (1.27, ComfyUI v0.3.64) shows /api/workflow_templates/<pack>/<name>.jpg as a custom-node
+    # template's picture and the file name as its text: the picture carries the title and the description.
+    info = load(path)["extra"]["info"]
+    description = info.get("description", "")
+    assert info["name"] and 20 <= len(description) <= 100 and "\n" not in description, description
+    thumbnail = path.with_suffix(".jpg")
+    assert thumbnail.is_file(), f"no thumbnail: python tests/make_artwork.py writes {thumbnail.name}"
+    with Image.open(thumbnail) as image:
+        assert image.format == "JPEG" and image.size == (512, 512)
+        grey = image.convert("L")
+        assert max(grey.getextrema()) - min(grey.getextrema()) > 128  # a picture, not a grey placeholder
+    # The README's table of workflows says the same.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"| `{path.name}` | {description} |" in readme
+
+
+def test_the_icon_is_what_the_registry_accepts():
+    with Image.open(ROOT / "web" / "icon.png") as icon:
+        assert icon.format == "PNG" and icon.width <= 800 and icon.height <= 400
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
 def test_ui_workflow_matches_the_node_definitions(path):
-    assert check_ui(load(path), known_specs()) == []
+    assert check_ui(load(path), specs_for(required_comfyui(path))) == []
 
 
 @pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.stem)
 def test_api_workflow_matches_the_node_definitions(path):
-    assert check_api(load(path), known_specs()) == []
+    assert check_api(load(path), specs_for(required_comfyui(path))) == []
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
 def test_api_copy_is_the_same_graph(path):
-    specs = known_specs()
+    specs = specs_for(required_comfyui(path))
     ui, api = load(path), load(WORKFLOWS / "api" / path.name)
     real = [node for node in ui["nodes"] if node["type"] not in VIRTUAL_NODES]
     assert {str(node["id"]): node["type"] for node in real} == {k: v["class_type"] for k, v in api.items()}
@@ -450,6 +536,53 @@ def test_the_promised_workflows_are_there():
     assert _nodes_of("batch_story_list.json", "InterleaveThinkerStoryList")
     planner = _nodes_of("batch_story_list.json", "InterleaveThinkerPlanner")[0]
     assert isinstance(planner["instruction"], list)  # fed by the Story List
+
+
+def test_the_flux2_klein_workflow_uses_comfyuis_own_file_names_and_edits_by_reference():
+    klein = "story_flux2_klein_reference.json"
+    # The files ComfyUI's FLUX.2 [klein] 4B templates load (klein 4B is Apache-2.0).
+    assert _nodes_of(klein, "UNETLoader") == [
+        {"unet_name": "flux-2-klein-4b-fp8.safetensors", "weight_dtype": "default"}
+    ]
+    assert _nodes_of(klein, "CLIPLoader") == [
+        {"clip_name": "qwen_3_4b.safetensors", "type": "flux2", "device": "default"}
+    ]
+    assert _nodes_of(klein, "VAELoader") == [{"vae_name": "flux2-vae.safetensors"}]
+    loop = _nodes_of(klein, "InterleaveThinkerRefineLoop")[0]
+    assert (loop["edit_route"], loop["steps"], loop["cfg"]) == ("reference", 4, 1.0)  # distilled: 4 steps
+    # Left on "auto", the loop routes FLUX.2 by reference latent too: stand-ins named like ComfyUI's classes
+    # (model_base.Flux2 derives from Flux; supported_models.Flux2 configures dev and klein alike).
+    flux = type("Flux", (type("BaseModel", (), {}),), {})
+    for config in ("Flux2", "Flux2Klein"):
+        model = type("Flux2", (flux,), {})()
+        model.model_config = type(config, (), {})()
+        assert sampling.resolve_route(types.SimpleNamespace(model=model), "auto") == "reference", config
+
+
+def test_a_workflow_that_needs_a_newer_comfyui_says_so_where_it_loads():
+    for path in UI_FILES:
+        workflow, graph = load(path), load(WORKFLOWS / "api" / path.name)
+        used = {
+            (node["class_type"], name, value)
+            for node in graph.values()
+            for name, value in node["inputs"].items()
+            if (node["class_type"], name) in LATER_CHOICES
+            and value in LATER_CHOICES[node["class_type"], name]
+        }
+        needed = max((LATER_CHOICES[c, n][v] for c, n, v in used), key=version_tuple, default=None)
+        declared = workflow["extra"]["info"].get("requires_comfyui")
+        assert declared == needed, path.name
+        if needed is None:
+            continue
+        # On load the note says it; an older ComfyUI's only other word is the loader's "not in list" error.
+        notes = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "MarkdownNote"]
+        assert any(f"Needs ComfyUI {needed} or newer" in note for note in notes), path.name
+        assert f"ComfyUI {needed}+" in workflow["extra"]["info"]["description"], path.name
+        for node_type, _, _ in used:
+            titled = [node for node in workflow["nodes"] if node["type"] == node_type]
+            assert all(f"ComfyUI {needed}+" in node.get("title", "") for node in titled), node_type
+        # Without the newer choices the workflow does not check out: the pin above is not decoration.
+        assert any("is not one of" in problem for problem in check_api(graph, known_specs()))
 
 
 def test_the_checker_catches_broken_workflows():

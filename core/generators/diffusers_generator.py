@@ -11,6 +11,20 @@ from PIL import Image
 from ..messages import to_rgb
 from .base import IMG2IMG, REFERENCE, TEXT_TO_IMAGE, GeneratorError, check_route
 
+# diffusers is an extra: ComfyUI users never need it, and it must not be installed beside their packs.
+DIFFUSERS_EXTRA = 'pip install "interleave-thinker[diffusers]"'
+
+
+def import_diffusers():
+    """The diffusers module, or a GeneratorError saying how to install the extra."""
+    try:
+        import diffusers
+    except ImportError as error:
+        raise GeneratorError(
+            f"a diffusers pipeline needs the diffusers package, an extra of this pack: {DIFFUSERS_EXTRA}"
+        ) from error
+    return diffusers
+
 
 def _call_parameters(pipe) -> set[str]:
     return set(inspect.signature(pipe.__call__).parameters)
@@ -47,9 +61,10 @@ class DiffusersGenerator:
         cpu_offload: bool = False,
     ):
         import torch
-        from diffusers import DiffusionPipeline
 
         from ..agents.transformers_agent import pick_device, pick_dtype
+
+        DiffusionPipeline = import_diffusers().DiffusionPipeline
 
         folder = Path(path).expanduser()
         if not (folder / "model_index.json").is_file():
@@ -86,7 +101,11 @@ class DiffusersGenerator:
             derived.set_progress_bar_config(disable=True)
 
     def _routes(self, pipe, requested: str):
-        from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+        diffusers = import_diffusers()
+        AutoPipelineForImage2Image, AutoPipelineForText2Image = (
+            diffusers.AutoPipelineForImage2Image,
+            diffusers.AutoPipelineForText2Image,
+        )
 
         native = native_route(pipe)
         text_pipe = pipe
