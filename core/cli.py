@@ -1,4 +1,4 @@
-"""The engine's command line: ``run`` and ``batch``, as :class:`Command` objects.
+"""The engine's command line: ``run``, ``resume`` and ``batch``, as :class:`Command` objects.
 
 The ``interleave-thinker`` program (``interleave_thinker/cli.py``) is built from an explicit list of commands:
 these, plus the sandbox's ``demo`` and ``eval``; this module knows nothing of them.
@@ -123,16 +123,53 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
     from .generators.base import EDIT_ROUTE_CHOICES
 
-    gen = parser.add_argument_group("generator")
-    gen.add_argument("--generator", required=True, metavar="DIR", help="diffusers pipeline folder")
+    gen = parser.add_argument_group(
+        "generator (--generator, or --comfyui with --checkpoint or --comfyui-graph)"
+    )
+    gen.add_argument("--generator", metavar="DIR", help="diffusers pipeline folder")
+    gen.add_argument(
+        "--comfyui",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a running ComfyUI server that draws the pictures (e.g. http://127.0.0.1:8188); repeat it for "
+        "several servers, one per GPU, each call going to a free one",
+    )
+    gen.add_argument(
+        "--checkpoint",
+        metavar="NAME",
+        help="with --comfyui: the checkpoint file the servers load (as in their models/checkpoints), drawn "
+        "with stock text-to-image and img2img graphs",
+    )
+    gen.add_argument(
+        "--comfyui-graph",
+        metavar="FILE",
+        help="with --comfyui: your own text-to-image graph in API format, with {{prompt}} {{seed}} "
+        "{{width}} {{height}} (instead of --checkpoint)",
+    )
+    gen.add_argument(
+        "--comfyui-edit-graph",
+        metavar="FILE",
+        help="with --comfyui-graph: the edit graph ({{prompt}} {{seed}} {{image}}); without it every step "
+        "is drawn from text",
+    )
     gen.add_argument(
         "--edit-route",
         default="auto",
         choices=EDIT_ROUTE_CHOICES,
         help="how later steps edit the previous image (default: auto, from the pipeline family)",
     )
-    gen.add_argument("--steps", type=int, help="sampling steps (default: the pipeline's)")
-    gen.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
+    gen.add_argument(
+        "--steps",
+        type=int,
+        help=f"sampling steps (default: the pipeline's; {settings.DEFAULT_COMFYUI_STEPS} with --checkpoint)",
+    )
+    gen.add_argument(
+        "--guidance",
+        type=float,
+        help="guidance scale (default: the pipeline's; "
+        f"cfg {settings.DEFAULT_COMFYUI_CFG:g} with --checkpoint)",
+    )
     gen.add_argument(
         "--strength",
         type=float,
@@ -186,6 +223,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     loop.add_argument(
         "--no-check-last", action="store_true", help="keep the last attempt without asking the Critic"
     )
+    loop.add_argument(
+        "--keep-attempt",
+        default=settings.DEFAULT_KEEP,
+        choices=settings.KEEP_CHOICES,
+        help="when the Critic rejects every attempt of a step, keep the last one or the best one (whose "
+        f"verdict names the fewest problems; recorded with its reason). Default {settings.DEFAULT_KEEP}",
+    )
 
     device = parser.add_argument_group("device")
     device.add_argument("--device", default=settings.DEFAULT_DEVICE, help="auto, cpu, cuda, cuda:1, mps")
@@ -196,6 +240,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         choices=settings.QUANTIZATIONS,
         help="store a local agent's linear layers in 8 bits (int8) or 4 bits (nf4) with bitsandbytes; "
         "the rest stays in --dtype (an 8B Planner takes about 6 GB at nf4)",
+    )
+    device.add_argument(
+        "--fast-decoding",
+        action="store_true",
+        default=settings.DEFAULT_FAST_DECODING,
+        help="decode a local agent with a static KV cache, compiled by transformers on a GPU: the same "
+        "greedy answers; off by default (no faster on the CPU; measure it on your GPU with "
+        "bench/gpu_inference.py)",
     )
     device.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -232,6 +284,7 @@ def loop_config(args: argparse.Namespace, seed: int | None = None):
             mode=args.mode,
             fallback_single_step=args.fallback_single_step,
             check_last_attempt=not args.no_check_last,
+            keep_attempt=getattr(args, "keep_attempt", settings.DEFAULT_KEEP),
         )
     except BadSetting as error:  # name the option, not the field
         raise error.named(option_name(error.setting)) from None
@@ -274,7 +327,7 @@ def check_args(args: argparse.Namespace, generators: Mapping[str, GeneratorFacto
     _check_agent("--planner", args.planner, args.planner_model)
     if args.critic not in ("same", "none"):
         _check_agent("--critic", args.critic, args.critic_model)
-    _check_generator_spec(args.generator, generators)
+    _check_generator(args, generators)
     if args.retries < 0 or args.timeout <= 0:
         raise BadInput("--retries must be >= 0 and --timeout > 0")
     if args.steps is not None and args.steps < 1:
@@ -285,6 +338,78 @@ def check_args(args: argparse.Namespace, generators: Mapping[str, GeneratorFacto
         path = getattr(args, option)
         if path and not Path(path).is_file():
             raise BadInput(f"{option_name(option)}: file not found: {path}")
+
+
+def _check_generator(args: argparse.Namespace, generators: Mapping[str, GeneratorFactory]) -> None:
+    servers = getattr(args, "comfyui", None) or []
+    comfyui_only = [
+        option_name(name)
+        for name in ("checkpoint", "comfyui_graph", "comfyui_edit_graph")
+        if getattr(args, name, None)
+    ]
+    if not servers:
+        if not args.generator:
+            raise BadInput(
+                "name the generator: --generator DIR (a diffusers pipeline folder) or --comfyui URL "
+                "(a running ComfyUI server)"
+            )
+        if comfyui_only:
+            raise BadInput(f"{comfyui_only[0]} goes with --comfyui URL, not with --generator")
+        _check_generator_spec(args.generator, generators)
+        return
+    if args.generator:
+        raise BadInput("give --generator or --comfyui, not both")
+    comfyui_generators(args)  # builds the graphs and checks them; nothing is sent to a server yet
+
+
+def comfyui_generators(args: argparse.Namespace):
+    """One ``ComfyUIServerGenerator`` per ``--comfyui`` URL, all with the same graphs, in a pool."""
+    from .generators.base import GeneratorError, GeneratorPool
+    from .generators.comfyui_server import ComfyUIServerGenerator
+
+    urls = [url.strip().rstrip("/") for url in args.comfyui]
+    for url in urls:
+        if not url.lower().startswith(("http://", "https://")):
+            raise BadInput(f"--comfyui: not an http(s) URL: {url!r} (expected e.g. http://127.0.0.1:8188)")
+    twice = sorted({url for url in urls if urls.count(url) > 1})
+    if twice:
+        raise BadInput(f"--comfyui {twice[0]} is given twice; name each server once")
+    if bool(args.checkpoint) == bool(args.comfyui_graph):
+        raise BadInput(
+            "--comfyui needs one of --checkpoint NAME (a checkpoint file on the servers) or --comfyui-graph "
+            "FILE (your own API-format graph)"
+        )
+    if args.comfyui_edit_graph and not args.comfyui_graph:
+        raise BadInput("--comfyui-edit-graph goes with --comfyui-graph")
+    option = "--checkpoint"
+    try:
+        if args.checkpoint:
+            return GeneratorPool(
+                [
+                    ComfyUIServerGenerator.for_checkpoint(
+                        url,
+                        args.checkpoint,
+                        steps=args.steps or settings.DEFAULT_COMFYUI_STEPS,
+                        cfg=settings.DEFAULT_COMFYUI_CFG if args.guidance is None else args.guidance,
+                        denoise=args.strength,
+                        negative_prompt=args.negative_prompt or "",
+                        edit_route=args.edit_route,
+                    )
+                    for url in urls
+                ]
+            )
+        option = "--comfyui-graph"
+        name = f"ComfyUI {Path(args.comfyui_graph).name}"  # the same on every server: storyboards agree
+        return GeneratorPool(
+            [
+                ComfyUIServerGenerator(
+                    url, args.comfyui_graph, args.comfyui_edit_graph, edit_route=args.edit_route, name=name
+                )
+                for url in urls
+            ]
+        )
+    except GeneratorError as error:  # a graph that cannot be read or lacks a placeholder: the user's to fix
+        raise BadInput(f"{option}: {error}") from None
 
 
 def _check_generator_spec(spec: str, generators: Mapping[str, GeneratorFactory]) -> None:
@@ -338,6 +463,7 @@ def load_models(args: argparse.Namespace, generators: Mapping[str, GeneratorFact
             decoding=decoding,
             dtype=args.dtype,
             quantize=args.quantize,
+            fast_decoding=args.fast_decoding,
             device=args.device,
             timeout=args.timeout,
             retries=args.retries,
@@ -352,7 +478,9 @@ def load_models(args: argparse.Namespace, generators: Mapping[str, GeneratorFact
         if args.critic == "same"
         else agent(args.critic, args.critic_model)
     )
-    if args.generator in generators:
+    if getattr(args, "comfyui", None):
+        generator = comfyui_generators(args)
+    elif args.generator in generators:
         generator = generators[args.generator](args)
     else:
         from .generators.diffusers_generator import DiffusersGenerator
@@ -417,11 +545,13 @@ def unchecked_note(story) -> str:
 
 
 class Progress:
-    """A tqdm bar over the steps of one story, with the current step and attempt in its postfix."""
+    """A tqdm bar over the steps of one story, with the current step and attempt in its postfix.
+    ``position`` is its line under the batch's bar when several stories run at once."""
 
-    def __init__(self, label: str, enabled: bool = True):
+    def __init__(self, label: str, enabled: bool = True, position: int | None = None):
         self.label = label
         self.enabled = enabled
+        self.position = position
         self.bar = None
 
     def __call__(self, event) -> None:
@@ -438,6 +568,7 @@ class Progress:
                 file=sys.stderr,
                 leave=False,
                 dynamic_ncols=True,
+                position=self.position,
             )
         elif self.bar is None:
             return
@@ -458,7 +589,7 @@ class Progress:
 # run and batch
 
 
-def run_one(models: Models, instruction: str, images, config, progress: Progress):
+def run_one(models: Models, instruction: str, images, config, progress: Progress, cancel=None):
     from .loop import run_story
 
     try:
@@ -472,6 +603,7 @@ def run_one(models: Models, instruction: str, images, config, progress: Progress
             planner_template=models.planner_template,
             critic_template=models.critic_template,
             on_event=progress,
+            cancel=cancel,
         )
     finally:
         progress.close()
@@ -492,6 +624,12 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="storyboard folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing storyboard folder")
+    parser.add_argument(
+        "--plan",
+        metavar="FILE",
+        help="draw this plan instead of asking the Planner: plan text in the Planner's schema (an "
+        "execution_plan JSON, in <answer> tags or bare), e.g. a storyboard's plan edited by hand",
+    )
     _add_model_options(parser)
 
 
@@ -503,6 +641,16 @@ def _configure_batch(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="folder for the storyboards and index.html"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=settings.DEFAULT_CONCURRENCY,
+        metavar="N",
+        help="stories in flight at once, so that one story's agent calls overlap another's pictures "
+        f"(1-{settings.MAX_CONCURRENCY}, default {settings.DEFAULT_CONCURRENCY}: one after another). A local "
+        "model answers one call at a time; agents on a server (vLLM) and several --comfyui servers "
+        "take many",
     )
     _add_model_options(parser)
 
@@ -518,8 +666,13 @@ def make_run(generators: Mapping[str, GeneratorFactory]) -> Callable[[argparse.N
         images = load_images(args.image, args.width * args.height)
         _check_markers(instruction, len(images))
         config = loop_config(args)
+        plan = read_plan(args.plan, config.max_steps) if args.plan else None
         models = load_models(args, generators)
-        story = run_one(models, instruction, images, config, Progress("story", not args.quiet))
+        progress = Progress("story", not args.quiet)
+        if plan is None:
+            story = run_one(models, instruction, images, config, progress)
+        else:
+            story = draw_plan(models, plan, instruction, images, config, progress)
         try:
             story.save(out, overwrite=args.overwrite)
         except OSError as error:
@@ -532,9 +685,119 @@ def make_run(generators: Mapping[str, GeneratorFactory]) -> Callable[[argparse.N
     return run
 
 
+def read_plan(path: str | Path, max_steps: int = settings.MAX_PLAN_STEPS):
+    """The plan in file ``path``, checked by the engine's own parser; a bad one is bad input (exit 2)."""
+    from .protocol import parse_plan
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInput(f"--plan: cannot read {path}: {error}") from None
+    try:
+        return parse_plan(text, max_steps=max_steps)
+    except ProtocolError as error:
+        raise BadInput(
+            f"--plan {path}: {error.reason}; fix the file: an execution_plan list of steps, each with "
+            "step_number, step_name, instruction, prompt and auxiliary_text"
+        ) from None
+
+
+def draw_plan(models: Models, plan, instruction: str, images, config, progress: Progress, cancel=None):
+    """``run --plan``: the plan as given, drawn and checked; the Planner is not asked."""
+    from .loop import PlanReady, run_plan
+    from .messages import choose_mode
+
+    progress(PlanReady(plan, 0))
+    try:
+        return run_plan(
+            plan,
+            models.generator,
+            models.critic,
+            instruction=instruction,
+            images=images,
+            mode=choose_mode(config.mode, images),
+            config=config,
+            critic_template=models.critic_template,
+            on_event=progress,
+            cancel=cancel,
+        )
+    finally:
+        progress.close()
+
+
+def _configure_resume(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("storyboard", metavar="STORYBOARD_DIR", help="a saved storyboard folder")
+    parser.add_argument(
+        "--from-step",
+        type=int,
+        required=True,
+        metavar="K",
+        help="first step to redraw; steps before it are kept byte for byte",
+    )
+    parser.add_argument("--prompt", metavar="TEXT", help="a new generator prompt for step K")
+    parser.add_argument(
+        "--plan", metavar="FILE", help="an edited plan for steps K on (steps before K are kept as drawn)"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="storyboard folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing storyboard folder")
+    _add_model_options(parser)
+    # Unset, the story's own seed: the same storyboard redrawn from step K with a new prompt only.
+    parser.set_defaults(seed=None)
+
+
+def make_resume(generators: Mapping[str, GeneratorFactory]) -> Callable[[argparse.Namespace], int]:
+    def resume_command(args: argparse.Namespace) -> int:
+        from .loop import resume
+        from .storyboard import Storyboard
+
+        source, out = Path(args.storyboard), Path(args.out)
+        if out.resolve() == source.resolve():
+            raise BadInput("--out is the storyboard being resumed; write the resumed one to a new folder")
+        story = Storyboard.load(source)
+        check_args(_with_seed(args, story.seed), generators)
+        check_out(out, args.overwrite)
+        config = loop_config(_with_seed(args, story.seed))
+        plan = read_plan(args.plan, config.max_steps) if args.plan else None
+        models = load_models(args, generators)
+        progress = Progress("resume", not args.quiet)
+        try:
+            resumed = resume(
+                story,
+                args.from_step,
+                models.generator,
+                models.critic,
+                plan=plan,
+                prompt=args.prompt,
+                seed=config.seed,
+                config=config,
+                critic_template=models.critic_template,
+                on_event=progress,
+            )
+        except BadSetting as error:
+            raise error.named(option_name(error.setting)) from None
+        finally:
+            progress.close()
+        try:
+            resumed.save(out, overwrite=args.overwrite)
+        except OSError as error:
+            raise BadInput(f"cannot write --out {out}: {error}") from None
+        kept = args.from_step - 1
+        print(f"{kept} steps kept, {len(resumed.steps) - kept} redrawn -> {out / 'index.html'}")
+        if note := unchecked_note(resumed):
+            print(note)
+        return EXIT_OK
+
+    return resume_command
+
+
+def _with_seed(args: argparse.Namespace, seed: int) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "seed": seed if args.seed is None else args.seed})
+
+
 def make_batch(generators: Mapping[str, GeneratorFactory]) -> Callable[[argparse.Namespace], int]:
     def batch(args: argparse.Namespace) -> int:
         check_args(args, generators)
+        settings.check_range("--concurrency", args.concurrency, 1, settings.MAX_CONCURRENCY)
         items = read_stories(args.stories)
         out = Path(args.out)
         check_writable(out)
@@ -574,42 +837,167 @@ def _run_batch(args, generators, items: list[StoryItem], out: Path) -> int:
     todo = [item for item in items if not item.error and not Storyboard.is_saved(out / item.id)]
     models = load_models(args, generators) if todo else None
     results: dict[str, dict[str, Any]] = {}
-    bar = tqdm(items, desc="stories", unit="story", file=sys.stderr, disable=args.quiet, dynamic_ncols=True)
-    for item in bar:
-        folder = out / item.id
-        record = {"id": item.id, "instruction": item.instruction, "where": item.where}
-        if item.error:
-            record.update(status="failed", error=item.error)
-        elif Storyboard.is_saved(folder):
-            record.update(status="done")
-        else:
-            try:
-                # What is left of a story whose storyboard.json was lost is redone; files not ours stay.
-                Storyboard.check_replaceable(folder)
-                images = load_images(item.images, args.width * args.height)
-                _check_markers(item.instruction, len(images))
-                config = loop_config(args, seed=item.seed)
-                progress = Progress(item.id[:24], not args.quiet)
-                story = run_one(models, item.instruction, images, config, progress)
-                story.story_id = item.id
-                story.save(folder, overwrite=True)
-                record.update(status="done")
-                if note := unchecked_note(story):
-                    record.update(note=note)
-                    tqdm.write(f"{item.id}: {note}", file=sys.stderr)
-            except (KeyboardInterrupt, Cancelled):
-                raise
-            except Exception as error:  # one bad story is reported and the batch goes on
-                record.update(status="failed", error=f"{item.where}: {one_line(error)}")
+    bar = tqdm(
+        total=len(items),
+        desc="stories",
+        unit="story",
+        file=sys.stderr,
+        disable=args.quiet,
+        dynamic_ncols=True,
+    )
+
+    def settle(item: StoryItem, record: dict[str, Any]) -> None:
+        """Record one story's outcome; batch.json and index.html are rewritten, always in the stories'
+        order, and only from this thread."""
         if record["status"] == "failed":
             tqdm.write(f"failed: {record['error']}", file=sys.stderr)
+        elif "note" in record:
+            tqdm.write(f"{item.id}: {record['note']}", file=sys.stderr)
         results[item.id] = record
+        bar.update(1)
         write_batch_index(out, [results.get(i.id) or _pending(i) for i in items])
+
+    try:
+        if args.concurrency == 1:
+            for item in items:
+                record = _known_record(item, out)
+                if record is None:
+                    record = _story_record(models, args, item, out, Progress(item.id[:24], not args.quiet))
+                settle(item, record)
+        else:
+            for item in items:
+                if (record := _known_record(item, out)) is not None:
+                    settle(item, record)
+            left = [item for item in items if item.id not in results]
+            if left:
+                _run_overlapping(shared_models(models), args, left, out, settle)
+    finally:
+        bar.close()
     failed = [r for r in results.values() if r["status"] == "failed"]
     unchecked = sum("note" in r for r in results.values())
     note = f"; {unchecked} with pictures the Critic could not check" if unchecked else ""
     print(f"{len(items) - len(failed)} of {len(items)} stories done{note} -> {out / BATCH_INDEX}")
     return EXIT_BATCH if failed else EXIT_OK
+
+
+def _known_record(item: StoryItem, out: Path) -> dict[str, Any] | None:
+    """The record of a story that needs no run (a bad row, a finished storyboard), else None."""
+    from .storyboard import Storyboard
+
+    record = {"id": item.id, "instruction": item.instruction, "where": item.where}
+    if item.error:
+        return record | {"status": "failed", "error": item.error}
+    if Storyboard.is_saved(out / item.id):
+        return record | {"status": "done"}
+    return None
+
+
+def _story_record(models: Models, args, item: StoryItem, out: Path, progress: Progress, cancel=None):
+    """Run one story and save it; its record. One bad story is a failed record; a stop is raised."""
+    from .storyboard import Storyboard
+
+    folder = out / item.id
+    record = {"id": item.id, "instruction": item.instruction, "where": item.where}
+    try:
+        # What is left of a story whose storyboard.json was lost is redone; files not ours stay.
+        Storyboard.check_replaceable(folder)
+        images = load_images(item.images, args.width * args.height)
+        _check_markers(item.instruction, len(images))
+        config = loop_config(args, seed=item.seed)
+        story = run_one(models, item.instruction, images, config, progress, cancel)
+        story.story_id = item.id
+        story.save(folder, overwrite=True)
+        record.update(status="done")
+        if note := unchecked_note(story):
+            record.update(note=note)
+    except (KeyboardInterrupt, Cancelled):
+        raise
+    except Exception as error:  # one bad story is reported and the batch goes on
+        record.update(status="failed", error=f"{item.where}: {one_line(error)}")
+    return record
+
+
+def shared_models(models: Models) -> Models:
+    """``models`` made safe to call from several threads: what cannot take two calls at once is put behind a
+    lock, one for the generator (an in-process pipeline) and one for the local agents together (a sampling
+    agent seeds torch's one random state, and they share a device). Agents on a server and a ComfyUI pool
+    take calls as they come."""
+    import dataclasses
+    import threading
+
+    from .agents import SerialAgent
+    from .generators.base import SerialGenerator, concurrent_safe
+
+    agents_lock = threading.Lock()
+    wrapped: dict[int, Any] = {}
+
+    def agent(model):
+        if model is None or concurrent_safe(model):
+            return model
+        return wrapped.setdefault(id(model), SerialAgent(model, agents_lock))
+
+    generator = models.generator
+    return dataclasses.replace(
+        models,
+        planner=agent(models.planner),
+        critic=agent(models.critic),
+        generator=generator if concurrent_safe(generator) else SerialGenerator(generator),
+    )
+
+
+def _run_overlapping(models: Models, args, items: list[StoryItem], out: Path, settle) -> None:
+    """Up to ``--concurrency`` stories at once, each in a worker thread; outcomes are settled here, in this
+    thread. A stop (Ctrl-C, or one raised in a worker) cancels the others at their next model call and waits
+    for them, so nothing is written after the lock is let go."""
+    import queue
+    import threading
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from .errors import check_cancel
+
+    workers = min(args.concurrency, len(items))
+    stop = threading.Event()
+    lines: queue.SimpleQueue[int] = queue.SimpleQueue()  # a progress line under the batch's bar per worker
+    for line in range(1, workers + 1):
+        lines.put(line)
+
+    def work(item: StoryItem) -> dict[str, Any]:
+        check_cancel(stop.is_set)
+        line = lines.get()
+        try:
+            progress = Progress(item.id[:24], not args.quiet, position=line)
+            return _story_record(models, args, item, out, progress, stop.is_set)
+        finally:
+            lines.put(line)
+
+    order = {item.id: index for index, item in enumerate(items)}
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="story")
+    futures = {pool.submit(work, item): item for item in items}
+    unsettled = dict(futures)
+
+    def by_order(future) -> int:
+        return order[futures[future].id]
+
+    try:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=by_order):
+                record = future.result()  # a stop raised in a worker is raised here
+                del unsettled[future]
+                settle(futures[future], record)
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future in sorted(unsettled, key=by_order):  # finished (so saved) while the others stopped
+            if future.done() and not future.cancelled() and future.exception() is None:
+                try:
+                    settle(futures[future], future.result())
+                except Exception:  # the stop is what is reported; a rerun rewrites the index anyway
+                    break
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _pending(item: StoryItem) -> dict[str, Any]:
@@ -658,8 +1046,8 @@ def one_line(error: BaseException) -> str:
 
 
 def engine_commands(generators: Mapping[str, GeneratorFactory] = {}) -> list[Command]:  # noqa: B006
-    """``run`` and ``batch``; ``generators`` are the named generators ``--generator`` accepts besides
-    folders."""
+    """``run``, ``resume`` and ``batch``; ``generators`` are the named generators ``--generator`` accepts
+    besides folders."""
     return [
         Command(
             "run",
@@ -667,6 +1055,14 @@ def engine_commands(generators: Mapping[str, GeneratorFactory] = {}) -> list[Com
             "Plan, draw and check one story.",
             _configure_run,
             make_run(generators),
+        ),
+        Command(
+            "resume",
+            "redraw a saved storyboard from one step on",
+            "Keep a storyboard's steps before --from-step byte for byte and redraw the rest, with a new "
+            "prompt for that step (--prompt), an edited plan (--plan) or a new --seed.",
+            _configure_resume,
+            make_resume(generators),
         ),
         Command(
             "batch",

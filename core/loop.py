@@ -16,9 +16,10 @@ Rules (DESIGN.md, "The loop"):
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from PIL import Image
@@ -45,6 +46,7 @@ class LoopConfig:
     mode: str = settings.DEFAULT_MODE
     fallback_single_step: bool = False
     check_last_attempt: bool = True
+    keep_attempt: str = settings.DEFAULT_KEEP  # which attempt a step keeps when every one was rejected
 
     def __post_init__(self) -> None:
         settings.check_range("max_attempts", self.max_attempts, 1, settings.MAX_ATTEMPTS_LIMIT)
@@ -54,6 +56,7 @@ class LoopConfig:
         for name in ("width", "height"):
             settings.check_range(name, getattr(self, name), settings.MIN_SIZE, settings.MAX_SIZE)
         settings.check_choice("mode", self.mode, settings.MODES)
+        settings.check_choice("keep_attempt", self.keep_attempt, settings.KEEP_CHOICES)
         settings.check_range("seed", self.seed, 0, settings.SEED_MAX)
 
 
@@ -234,13 +237,7 @@ def run_plan(
         planner_output=planning.output if planning else "",
         planner_tries=planning.tries if planning else 0,
     )
-    for index, plan_step in enumerate(plan.steps):
-        attempts: list[Attempt] = []
-        if plan_step.makes_image:
-            attempts = _run_step(story, index, plan_step, generator, critic, critic_template, config, runtime)
-        step = Step(plan_step, attempts)
-        story.steps.append(step)
-        runtime.emit(StepDone(index, step, len(plan.steps)))
+    _carry_out(story, generator, critic, critic_template, config, runtime)
     story.timings = {"total_seconds": time.perf_counter() - started}
     if planning is not None:
         story.timings["planner_seconds"] = planning.seconds
@@ -286,6 +283,100 @@ def run_story(
     )
     story.timings["total_seconds"] = time.perf_counter() - started
     return story
+
+
+def resume(
+    story: Storyboard,
+    from_step: int,
+    generator: Generator,
+    critic: Agent | None = None,
+    *,
+    plan: Plan | None = None,
+    prompt: str | None = None,
+    seed: int | None = None,
+    config: LoopConfig | None = None,
+    critic_template: Template | None = None,
+    on_event: EventHandler | None = None,
+    cancel: CancelHook | None = None,
+) -> Storyboard:
+    """A new storyboard that keeps ``story``'s steps before ``from_step`` (1-based) as they are and redraws
+    the rest: from ``plan`` (an edited plan) if given, with step ``from_step``'s prompt replaced by
+    ``prompt`` if given, and seeds derived from ``seed`` (default: the story's). ``story`` is not changed.
+
+    The kept steps are the same objects, so they save to the same bytes; later steps see them exactly as a
+    fresh run would (edit source and Critic's before image come from ``Storyboard.edit_source``).
+    """
+    plan = plan or story.plan
+    count = len(plan.steps)
+    # The last step a resume can start from: one the storyboard holds, or the first one it lacks.
+    settings.check_range("from_step", from_step, 1, min(count, len(story.steps) + 1))
+    steps = list(plan.steps)
+    if prompt is not None:
+        index = from_step - 1
+        if not prompt.strip():
+            raise settings.BadSetting("prompt", "the step's new prompt (or left out)", prompt)
+        steps[index] = replace(steps[index], prompt=prompt.strip())
+    # The kept steps stay as they were drawn, whatever the edited plan says of them.
+    steps[: from_step - 1] = [step.plan_step for step in story.steps[: from_step - 1]]
+    plan = replace(plan, steps=tuple(steps))
+    base = config or _saved_config(story)
+    config = replace(base, seed=story.seed if seed is None else seed, width=story.width, height=story.height)
+    runtime = _Runtime(on_event, cancel)
+    started = time.perf_counter()
+    resumed = Storyboard(
+        instruction=story.instruction,
+        mode=story.mode,
+        plan=plan,
+        steps=list(story.steps[: from_step - 1]),
+        input_images=list(story.input_images),
+        width=story.width,
+        height=story.height,
+        seed=config.seed,
+        settings={
+            **story.settings,
+            "loop": asdict(config),
+            "critic": _name(critic) if critic is not None else None,
+            "generator": _name(generator),
+            "edit_route": getattr(generator, "edit_route", None),
+            "resumed": {"from_step": from_step, "seed": story.seed, "story_id": story.story_id},
+        },
+        planner_output=story.planner_output,
+        planner_tries=story.planner_tries,
+        story_id=story.story_id,
+    )
+    runtime.emit(PlanReady(plan, 0))
+    for index, step in enumerate(resumed.steps):  # progress counts the kept steps as done
+        runtime.emit(StepDone(index, step, count))
+    _carry_out(resumed, generator, critic, critic_template or load_template("critic"), config, runtime)
+    resumed.timings = {"total_seconds": time.perf_counter() - started}
+    return resumed
+
+
+def _saved_config(story: Storyboard) -> LoopConfig:
+    """The loop settings a storyboard was made with (those this release knows), else the defaults."""
+    saved = story.settings.get("loop") if isinstance(story.settings.get("loop"), dict) else {}
+    known = {f.name for f in fields(LoopConfig)}
+    return LoopConfig(**{key: value for key, value in saved.items() if key in known})
+
+
+def _carry_out(
+    story: Storyboard,
+    generator: Generator,
+    critic: Agent | None,
+    critic_template: Template,
+    config: LoopConfig,
+    runtime: _Runtime,
+) -> None:
+    """Draw and check the plan's steps that ``story`` does not hold yet, appending each as it is done."""
+    steps = story.plan.steps
+    for index in range(len(story.steps), len(steps)):
+        plan_step = steps[index]
+        attempts: list[Attempt] = []
+        if plan_step.makes_image:
+            attempts = _run_step(story, index, plan_step, generator, critic, critic_template, config, runtime)
+        step = Step(plan_step, attempts, *choose_kept(attempts, config.keep_attempt))
+        story.steps.append(step)
+        runtime.emit(StepDone(index, step, len(steps)))
 
 
 def _run_step(
@@ -356,6 +447,41 @@ def _run_step(
             break
         prompt = judged.verdict.refine_prompt or prompt
     return attempts
+
+
+# Words with which a verdict's reasoning names something wrong; one count per word found.
+_PROBLEM_WORDS = re.compile(
+    r"\b(missing|wrong|incorrect|absent|lacks?|lacking|extra|unwanted|instead|fails?|failed|broken|"
+    r"distorted|blurry|not)\b",
+    re.IGNORECASE,
+)
+
+
+def problem_count(verdict: Verdict | None) -> int | None:
+    """How many problems a verdict's reasoning names; None when it gives no reasoning to count."""
+    if verdict is None or not verdict.reasoning.strip():
+        return None
+    return len(_PROBLEM_WORDS.findall(verdict.reasoning))
+
+
+def choose_kept(attempts: Sequence[Attempt], keep: str) -> tuple[int | None, str]:
+    """``(attempt number, reason)`` for a step whose every attempt was rejected, with ``keep="best"``: the
+    attempt whose verdict names the fewest problems, the later one on a tie (it was drawn from the Critic's
+    refined prompt). ``(None, "")`` otherwise: the step keeps its last attempt, as it always has."""
+    if keep != settings.KEEP_BEST or len(attempts) < 2 or any(a.status != REJECTED for a in attempts):
+        return None, ""
+    counts = [problem_count(a.verdict) for a in attempts]
+    if all(count is None for count in counts):
+        return None, ""  # no evidence to go on
+    scored = [
+        (count if count is not None else float("inf"), -a.number, a) for count, a in zip(counts, attempts)
+    ]
+    count, _, best = min(scored, key=lambda item: item[:2])
+    listed = ", ".join(f"attempt {a.number}: {'?' if c is None else c}" for c, a in zip(counts, attempts))
+    return (
+        best.number,
+        f"every attempt was rejected; attempt {best.number} names the fewest problems ({listed})",
+    )
 
 
 @dataclass(frozen=True)
@@ -449,10 +575,13 @@ __all__ = [
     "StepDone",
     "VerdictReady",
     "check_cancel",
+    "choose_kept",
     "critique",
     "derive_seed",
     "make_plan",
+    "problem_count",
     "resample_temperature",
+    "resume",
     "run_plan",
     "run_story",
 ]

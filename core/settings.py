@@ -14,6 +14,11 @@ DEFAULT_MAX_STEPS = 12
 # A plan longer than this is a runaway generation, not a story.
 MAX_PLAN_STEPS = 64
 DEFAULT_MAX_ATTEMPTS = 3  # generations per step, retries included
+# Which attempt a step keeps when the Critic rejected every one: the last, or the one whose verdict names the
+# fewest problems (the default is what measured better in the sandbox: README, "Best of the attempts").
+KEEP_LAST, KEEP_BEST = "last", "best"
+KEEP_CHOICES = (KEEP_LAST, KEEP_BEST)
+DEFAULT_KEEP = KEEP_LAST
 MAX_ATTEMPTS_LIMIT = 10
 DEFAULT_PLANNER_TRIES = 3  # Planner answers tried before giving up
 DEFAULT_CRITIC_TRIES = 2  # Critic answers tried before an attempt is kept unchecked
@@ -39,12 +44,25 @@ DTYPES = ("auto", "bf16", "fp16", "fp32")
 QUANTIZATIONS = ("none", "int8", "nf4")
 DEFAULT_QUANTIZATION = "none"
 DEFAULT_DEVICE = "auto"
+# A local agent's fast decoding path: a static KV cache, which transformers compiles with torch.compile on an
+# accelerator (never on the CPU). Off by default: on the CPU it measured no faster (bench/gpu_inference.py
+# --agent DIR), and on CUDA it has not been measured yet; bench/gpu_inference.py measures it on a card.
+DEFAULT_FAST_DECODING = False
 MEMORY_POLICIES = ("keep", "offload")  # keep on the accelerator between calls, or back to the CPU after each
 DEFAULT_HTTP_TIMEOUT = 120.0  # seconds
 DEFAULT_HTTP_RETRIES = 3
 
 # -- generators --------------------------------------------------------------------------------------------
 DEFAULT_STRENGTH = 0.6  # img2img denoise
+# What a ComfyUI server's stock checkpoint graphs sample with when --steps / --guidance are not given.
+DEFAULT_COMFYUI_STEPS = 20
+DEFAULT_COMFYUI_CFG = 7.0
+
+# -- batch -------------------------------------------------------------------------------------------------
+# Stories of a batch in flight at once. 1 runs them one after another; more overlap one story's agent calls
+# with another's pictures (models that cannot be called from two threads at once are taken in turn).
+DEFAULT_CONCURRENCY = 1
+MAX_CONCURRENCY = 64
 
 
 class BadSetting(BadInput):

@@ -84,6 +84,9 @@ class Attempt:
 class Step:
     plan_step: PlanStep
     attempts: list[Attempt] = field(default_factory=list)
+    # The attempt chosen when every one was rejected ("best of the attempts") and why; None: the last one.
+    kept_number: int | None = None
+    kept_reason: str = ""
 
     @property
     def number(self) -> int:
@@ -95,7 +98,12 @@ class Step:
 
     @property
     def kept(self) -> Attempt | None:
-        """The attempt whose image the story uses: the last one (an accepted one ends the retries)."""
+        """The attempt whose image the story uses: the chosen one, else the last (an accepted one ends the
+        retries)."""
+        if self.kept_number is not None:
+            for attempt in self.attempts:
+                if attempt.number == self.kept_number:
+                    return attempt
         return self.attempts[-1] if self.attempts else None
 
     @property
@@ -265,6 +273,12 @@ class Storyboard:
                         }
                         for a in step.attempts
                     ],
+                    # Added after 0.1.0 (readers that ignore it still find the kept picture under "image").
+                    **(
+                        {"kept": {"attempt": step.kept_number, "reason": step.kept_reason}}
+                        if step.kept_number is not None
+                        else {}
+                    ),
                 }
                 for step in self.steps
             ],
@@ -344,7 +358,8 @@ class Storyboard:
                     )
                     for a in raw["attempts"]
                 ]
-                steps.append(Step(plan_step, attempts))
+                kept = raw.get("kept") or {}
+                steps.append(Step(plan_step, attempts, kept.get("attempt"), kept.get("reason", "")))
             return cls(
                 instruction=data["instruction"],
                 mode=data["mode"],

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from pathlib import Path
 
 from ..core import settings
 from ..core.agents import Decoding, load_agent
+from ..core.agents.transformers_agent import TransformersAgent
 from ..core.endpoints import (
     CONFIG_FILE_NAME,
     DEFAULT_KEY_ENV,
@@ -21,12 +24,15 @@ from ..core.storyboard import ACCEPTED, UNCHECKED
 from . import memory
 from .host import (
     NodeError,
+    Progress,
+    check_agent_name,
     engine_errors,
     find_agent_folder,
     folder_fingerprint,
     interrupted,
     list_agent_folders,
     module,
+    optional_module,
 )
 from .images import single, to_pil
 from .types import AGENT, CATEGORY, PLAN, StoryPlan
@@ -39,6 +45,7 @@ OFFLOAD = "offload to CPU between calls"
 MEMORY_POLICIES = dict(zip((KEEP, OFFLOAD), settings.MEMORY_POLICIES))
 DEVICES = ("auto", "cpu")
 PROBE_TIMEOUT = 10.0
+PROGRESS_EVERY = 0.25  # seconds between two token updates of the Planner's progress bar
 
 
 def _seed_input(tooltip: str):
@@ -84,7 +91,7 @@ class LoadAgent:
                     list_agent_folders(),
                     {
                         "tooltip": "A Hugging Face VLM folder (with config.json) inside models/LLM. Local "
-                        "backend only."
+                        "backend only; a name reaching outside models/LLM is refused."
                     },
                 ),
                 "endpoint_url": (
@@ -133,9 +140,9 @@ class LoadAgent:
                     list(MEMORY_POLICIES),
                     {
                         "default": KEEP,
-                        "tooltip": "keep on GPU: stays there between calls and leaves only when the "
-                        "diffusion model needs the room. offload: back to the CPU after every call (slower, "
-                        "smallest footprint).",
+                        "tooltip": "keep on GPU: stays there between calls and leaves only when ComfyUI "
+                        "needs the room (loading the diffusion model, Unload models). offload: back to the "
+                        "CPU after every call (slower, smallest footprint).",
                     },
                 ),
                 "max_new_tokens": (
@@ -157,28 +164,46 @@ class LoadAgent:
                         "tooltip": "0 decodes greedily (same answer every run); above 0 samples, seeded.",
                     },
                 ),
-            }
+            },
+            # Optional and last: workflows saved before it load unchanged (widgets are stored by place).
+            "optional": {
+                "quantize": (
+                    list(settings.QUANTIZATIONS),
+                    {
+                        "default": settings.DEFAULT_QUANTIZATION,
+                        "tooltip": "Store the linear layers in 8 bits (int8) or 4 bits (nf4) with "
+                        "bitsandbytes; the rest stays in dtype. An 8B agent takes about 16 GB in bf16, 9 GB "
+                        "in int8 and 6 GB in nf4. Local backend only.",
+                    },
+                ),
+            },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, backend, model, endpoint_url, endpoint_model, api_key_env):
-        """Refused when the prompt is queued, before any model loads or any request is sent."""
+    def VALIDATE_INPUTS(cls, model):
+        """Refused when the prompt is queued: a model name that reaches outside models/LLM, whatever the
+        backend (a graph has no business naming such a path).
+
+        Only ``model`` is taken: ComfyUI repeats a failed check on every input named here, and skips its
+        own list check for them (an endpoint user may have no folder at all). Whether the folder exists
+        depends on the backend, so it is checked by ``load``, as are the endpoint settings: both before any
+        file is read or any request is sent.
+        """
         try:
-            if backend == LOCAL:
-                find_agent_folder(model)
-            elif backend == ENDPOINT:
-                _check_endpoint(endpoint_url, endpoint_model, api_key_env)
-            else:
-                return f"backend must be {LOCAL!r} or {ENDPOINT!r}, got {backend!r}"
-        except (NodeError, EndpointPolicyError) as error:
+            check_agent_name(model)
+        except NodeError as error:
             return str(error)
         return True
 
     @classmethod
     def IS_CHANGED(cls, backend, model, **kwargs):
-        """Local folders rerun when any file in them changes; endpoints are cached on their settings."""
+        """Local folders rerun when any file in them changes; endpoints when the machine's allow-list does
+        (an agent cached before a host was taken off the list must not keep calling it)."""
         if backend != LOCAL:
-            return ""
+            try:
+                return hashlib.sha256(repr(endpoint_policy()).encode()).hexdigest()
+            except EndpointPolicyError:
+                return "refused"
         try:
             folder = find_agent_folder(model)
         except NodeError:
@@ -197,17 +222,23 @@ class LoadAgent:
         memory,
         max_new_tokens,
         temperature,
+        quantize=None,
     ):
+        if backend not in (LOCAL, ENDPOINT):
+            raise NodeError(f"backend must be {LOCAL!r} or {ENDPOINT!r}, got {backend!r}")
         with engine_errors():
             decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature)
             if backend == ENDPOINT:
                 return (self._endpoint(endpoint_url, endpoint_model, api_key_env, decoding),)
-            return (self._local(model, dtype, device, memory, decoding),)
+            quantize = quantize or settings.DEFAULT_QUANTIZATION
+            return (self._local(model, dtype, device, memory, decoding, quantize),)
 
     @staticmethod
-    def _local(model, dtype, device, policy, decoding):
+    def _local(model, dtype, device, policy, decoding, quantize=settings.DEFAULT_QUANTIZATION):
         if policy not in MEMORY_POLICIES:
             raise NodeError(f"memory must be {KEEP!r} or {OFFLOAD!r}, got {policy!r}")
+        if quantize not in settings.QUANTIZATIONS:
+            raise NodeError(f"quantize must be one of {', '.join(settings.QUANTIZATIONS)}, got {quantize!r}")
         folder = find_agent_folder(model)
         if device == "auto":
             device = str(module("comfy.model_management").get_torch_device())
@@ -217,19 +248,32 @@ class LoadAgent:
             device=device,
             decoding=decoding,
             memory=MEMORY_POLICIES[policy],
-            make_room=memory.make_room,
+            quantize=quantize,
+            host=memory.HOST,  # ComfyUI's model management places the weights
         )
         memory.track(agent)
+        show_on_node(f"Load Agent: {agent.describe()}")
         return agent
 
     @staticmethod
     def _endpoint(url, model, api_key_env, decoding):
-        policy = _check_endpoint(url, model, api_key_env)
+        policy = _check_endpoint(url, model, api_key_env)  # before anything is read or sent
         agent = load_agent(
             url, model=model, api_key_env=api_key_env.strip() or None, decoding=decoding, policy=policy
         )
         agent.probe(PROBE_TIMEOUT, cancel=interrupted)
         return agent
+
+
+def show_on_node(text: str) -> None:
+    """Write ``text`` in ComfyUI's log and on the running node (the frontend shows it under the widgets)."""
+    logging.getLogger(__name__).info(text)
+    context = optional_module("comfy_execution.utils")
+    server = optional_module("server")
+    running = context.get_executing_context() if context is not None else None
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    if running is not None and instance is not None:
+        instance.send_progress_text(text, running.node_id)
 
 
 def endpoint_policy() -> EndpointPolicy:
@@ -240,16 +284,60 @@ def endpoint_policy() -> EndpointPolicy:
 
 
 def _check_endpoint(url: str, model: str, api_key_env: str) -> EndpointPolicy:
-    if not str(url).strip().lower().startswith(("http://", "https://")):
-        raise NodeError(
-            f"endpoint_url must start with http:// or https:// (got {url!r}), e.g. http://127.0.0.1:8000/v1"
-        )
-    if not str(model).strip():
-        raise NodeError("endpoint_model is empty: give the model name the server serves")
+    """The machine's policy once ``url`` and ``api_key_env`` passed it; the key itself is not read here."""
     policy = endpoint_policy()
     policy.check(url, "endpoint_url")
     policy.check_key_env(api_key_env)
+    if not str(model).strip():
+        raise NodeError("endpoint_model is empty: give the model name the server serves")
     return policy
+
+
+EMPTY_INSTRUCTION = "instruction is empty: write what to illustrate (a story, a process, a recipe)"
+
+
+class _PlannerProgress:
+    """The Planner's agent as make_plan calls it, moving ComfyUI's progress bar: one stretch per try and,
+    for a local agent (its cancel hook is asked after every generated token), token by token within a try,
+    so a model that never plans is a moving bar, not a silent wait. Everything else is the agent's own."""
+
+    def __init__(self, agent, tries: int):
+        self.agent = agent
+        decoding = getattr(agent, "decoding", None)
+        per_token = isinstance(agent, TransformersAgent) and decoding is not None
+        self.per_try = decoding.max_new_tokens if per_token else 1
+        self.progress = Progress(tries * self.per_try)
+        self.tries = 0
+
+    def __getattr__(self, name):
+        if name == "agent":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.agent, name)
+
+    def complete(self, messages, *, seed, temperature=None, cancel=None):
+        start = self.tries * self.per_try
+        self.tries += 1
+        self.progress.set(start)
+        hook = self._counting(cancel, start) if self.per_try > 1 else cancel
+        answer = self.agent.complete(messages, seed=seed, temperature=temperature, cancel=hook)
+        self.progress.set(start + self.per_try)
+        return answer
+
+    def _counting(self, cancel, start: int):
+        looks, shown = 0, time.monotonic()
+
+        def hook() -> bool:
+            nonlocal looks, shown
+            if cancel is not None and cancel():
+                return True  # no bar update: ComfyUI's would raise the interrupt inside generation
+            looks += 1  # the first look comes before the first token
+            now = time.monotonic()
+            if now - shown >= PROGRESS_EVERY:
+                shown = now
+                self.progress.set(start + min(looks - 1, self.per_try))
+            return False
+
+        return hook
 
 
 class Planner:
@@ -278,8 +366,9 @@ class Planner:
                     {
                         "multiline": True,
                         "default": "",
-                        "tooltip": "What to illustrate: a story, a process, a recipe. With images, an "
-                        "<image> marker places each one in the text; without markers they come first.",
+                        "tooltip": "What to illustrate: a story, a process, a recipe (an empty one is "
+                        "refused when queued). With images, an <image> marker places each one in the text; "
+                        "without markers they come first.",
                     },
                 ),
                 "mode": (
@@ -309,16 +398,31 @@ class Planner:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, instruction):
+        """An empty instruction is refused when the prompt is queued, before any model loads. A linked
+        instruction is not known yet (None here) and is checked when the node runs."""
+        if instruction is None or str(instruction).strip():
+            return True
+        return EMPTY_INSTRUCTION
+
     def plan(self, agent, instruction, mode, max_steps, seed, images=None):
+        if not str(instruction).strip():
+            raise NodeError(EMPTY_INSTRUCTION)
         pictures = to_pil(images)
         with engine_errors("the Planner"):
             config = LoopConfig(max_steps=max_steps, seed=seed, mode=mode)
+            watched = _PlannerProgress(agent, config.planner_tries)
             try:
-                result = make_plan(agent, instruction, pictures, config=config, cancel=interrupted)
+                result = make_plan(watched, instruction, pictures, config=config, cancel=interrupted)
             except ProtocolError as error:
-                empty = "" if error.excerpt else " (its answer was empty)"
+                shown = (
+                    f" (its last answer began: {error.excerpt!r})"
+                    if error.excerpt
+                    else " (its answer was empty)"
+                )
                 raise NodeError(
-                    f"the Planner ({_name(agent)}) gave no valid plan: {error.reason}{empty}. Try another "
+                    f"the Planner ({_name(agent)}) gave no valid plan: {error.reason}{shown}. Try another "
                     f"seed, a larger max_new_tokens, or a model trained for planning"
                 ) from None
         return (StoryPlan(result, instruction.strip(), pictures), result.plan.to_json())

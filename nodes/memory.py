@@ -1,15 +1,19 @@
-"""Sharing one accelerator between the agents and the diffusion model, through ComfyUI's model management.
+"""Local agents as ComfyUI models: ComfyUI's model management decides where their weights live.
 
-- Before an agent's weights go to the GPU, ComfyUI is asked to free that much memory (it moves its own models
-  off), which is the ``make_room`` hook the engine's TransformersAgent calls.
-- Before the diffusion model samples, agents kept on the GPU ("keep on GPU") move to the CPU if the free
-  memory does not cover the model; they come back on their next call. Agents set to "offload" leave after each
-  call.
-So a Planner, a Critic and a generator run on a card that holds only the largest of them.
+Each local agent is wrapped in a ``comfy.model_patcher.ModelPatcher``, as ComfyUI wraps its own text encoders,
+and handed to the engine as its ``AgentHost`` (core/agents/transformers_agent.py). So:
+- before every agent call the agent is loaded with ``load_models_gpu``: ComfyUI unloads or offloads its own
+  models first when the agent would not fit beside them;
+- loading the diffusion model, a text encoder or a VAE frees agents like any other model when memory is
+  short (``free_memory``), and "Unload models" (``POST /free``, ``unload_all_models``) frees them too;
+- "offload to CPU between calls" unloads the agent after each call; "keep on GPU" leaves it loaded until
+  ComfyUI needs the room.
+A transformers model cannot run split between two devices, so an agent is always loaded whole.
 """
 
 from __future__ import annotations
 
+import atexit
 import weakref
 
 from .host import module
@@ -18,10 +22,13 @@ from .host import module
 AGENT_OVERHEAD = 1.2
 
 _agents: weakref.WeakSet = weakref.WeakSet()
+_patchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+atexit.register(_patchers.clear)  # drop the patchers before Python tears ComfyUI's modules down at exit
+_weights_class = None
 
 
 def track(agent) -> None:
-    """Remember a local agent so the diffusion model can send it to the CPU when it needs the memory."""
+    """Remember a local agent Load Agent made (for :func:`agent_status`)."""
     _agents.add(agent)
 
 
@@ -44,34 +51,87 @@ def make_room(nbytes: int, device: str) -> None:
     mm.free_memory(int(nbytes * AGENT_OVERHEAD) + mm.minimum_inference_memory(), target)
 
 
-def agent_device_type(agent) -> str | None:
-    model = getattr(agent, "model", None)
-    if model is None:
-        return None
-    try:
-        return next(model.parameters()).device.type
-    except StopIteration:
-        return None
+def _weights_module(model):
+    """The transformers model inside a plain module, as a ModelPatcher wants its model: one whose ``device``
+    it can set (a transformers model's is read-only). Its class name is what ComfyUI's log shows."""
+    global _weights_class
+    if _weights_class is None:
+        import torch
+
+        class InterleaveThinkerAgent(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.agent_model = inner
+                self.device = next(inner.parameters()).device
+
+        _weights_class = InterleaveThinkerAgent
+    return _weights_class(model)
 
 
-def release_agents_for(*models) -> int:
-    """Move agents resident on the models' device to the CPU if the largest model would not fit beside them.
+class ComfyHost:
+    """The engine's AgentHost, answered by ComfyUI's model management."""
 
-    ``models`` are ComfyUI ModelPatchers (the diffusion model, the text encoder's, the VAE's); ComfyUI swaps
-    its own models in and out, so only the largest must fit at once. Returns how many agents moved.
-    """
+    def patcher(self, agent):
+        """The agent's ModelPatcher, made on first use: loads onto the agent's device, offloads to the CPU."""
+        patcher = _patchers.get(agent)
+        if patcher is None:
+            import torch
+
+            patcher = module("comfy.model_patcher").ModelPatcher(
+                _weights_module(agent.model),
+                load_device=_torch_device(agent.device),
+                offload_device=torch.device("cpu"),
+                size=agent.size_bytes,
+            )
+            _patchers[agent] = patcher
+        return patcher
+
+    def make_room(self, nbytes: int, device: str) -> None:
+        make_room(nbytes, device)
+
+    def load(self, agent) -> None:
+        """Load the agent whole for a call; ComfyUI first frees what the weights and one generation need."""
+        mm = module("comfy.model_management")
+        extra = round(agent.size_bytes * (AGENT_OVERHEAD - 1))
+        patcher = self.patcher(agent)
+        mm.load_models_gpu([patcher], memory_required=extra, force_full_load=True)
+        if patcher.loaded_size() < patcher.model_size():  # --novram loads none of it: an agent runs whole
+            patcher.partially_load(patcher.load_device, extra_memory=patcher.model_size())
+
+    def unload(self, agent) -> None:
+        """Take the agent out of ComfyUI's loaded models, its weights back on the CPU."""
+        mm = module("comfy.model_management")
+        patcher = self.patcher(agent)
+        for index, loaded in enumerate(mm.current_loaded_models):
+            if loaded.model is patcher:
+                mm.current_loaded_models.pop(index).model_unload()
+                break
+        else:  # not loaded through ComfyUI (a quantized model is built on its device): move it all the same
+            patcher.detach()
+        mm.soft_empty_cache()
+
+
+HOST = ComfyHost()
+
+
+def is_loaded(agent) -> bool:
+    """Whether ComfyUI counts the agent among its loaded models."""
+    patcher = _patchers.get(agent)
     mm = module("comfy.model_management")
-    models = [model for model in models if model is not None and model.load_device.type != "cpu"]
-    if not models:
-        return 0
-    device = models[0].load_device
-    resident = [agent for agent in list(_agents) if agent_device_type(agent) == device.type]
-    if not resident:
-        return 0
-    largest = max(max(0, model.model_size() - model.loaded_size()) for model in models)
-    if mm.get_free_memory(device) >= largest + mm.minimum_inference_memory():
-        return 0
-    for agent in resident:
-        agent.offload()
-    mm.soft_empty_cache()
-    return len(resident)
+    return patcher is not None and any(loaded.model is patcher for loaded in mm.current_loaded_models)
+
+
+def agent_status() -> list[dict]:
+    """Each local agent Load Agent made: its weights, where they are, whether ComfyUI has it loaded."""
+    return [
+        {
+            "name": agent.name,
+            "weights": agent.weight_format,
+            "resident_bytes": agent.size_bytes,
+            "device": agent.device,
+            "weights_device": agent.weights_device,
+            "memory": agent.memory,
+            "loaded": is_loaded(agent),
+        }
+        for agent in list(_agents)
+    ]

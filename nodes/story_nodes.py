@@ -141,7 +141,7 @@ class RefineLoop:
                         "default": settings.DEFAULT_MAX_ATTEMPTS,
                         "min": 1,
                         "max": settings.MAX_ATTEMPTS_LIMIT,
-                        "tooltip": "Pictures per step at most; the last one is kept if none is accepted.",
+                        "tooltip": "Pictures per step at most; if none is accepted, keep_attempt picks one.",
                     },
                 ),
             },
@@ -156,6 +156,15 @@ class RefineLoop:
                         "step": 0.1,
                         "tooltip": "Guidance embedding for FLUX-type models (as FluxGuidance); other "
                         "models ignore it.",
+                    },
+                ),
+                # Appended last and optional, so workflows saved before it load and run as they did.
+                "keep_attempt": (
+                    list(settings.KEEP_CHOICES),
+                    {
+                        "default": settings.DEFAULT_KEEP,
+                        "tooltip": "When the Critic rejects every picture of a step: keep the last one, or "
+                        "the best one (whose verdict names the fewest problems; the storyboard says why).",
                     },
                 ),
             },
@@ -180,6 +189,7 @@ class RefineLoop:
         max_attempts,
         critic=None,
         guidance=None,
+        keep_attempt=None,
     ):
         story_plan = plan  # the PLAN input: a StoryPlan (the input's name is stored in saved workflows)
         with engine_errors():
@@ -203,6 +213,7 @@ class RefineLoop:
                 width=width,
                 height=height,
                 mode=story_plan.mode,
+                keep_attempt=keep_attempt or settings.DEFAULT_KEEP,  # left out by workflows saved before it
             )
         image_steps = [index for index, step in enumerate(story_plan.steps) if step.makes_image]
         progress = Progress(len(image_steps) * max_attempts)

@@ -134,6 +134,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 progress=_progress(args.quiet, label(spec)),
                 keep=keep,
+                keep_attempt=args.keep_attempt,
             )
         )
     table = format_table(reports)
@@ -253,6 +254,13 @@ def _configure_eval(ev: argparse.ArgumentParser) -> None:
     )
     ev.add_argument(
         "--out", default="interleave-eval", metavar="DIR", help="output folder (default ./interleave-eval)"
+    )
+    ev.add_argument(
+        "--keep-attempt",
+        default=settings.DEFAULT_KEEP,
+        choices=settings.KEEP_CHOICES,
+        help="when every attempt of a step is rejected, keep the last or the best (fewest problems named); "
+        f"default {settings.DEFAULT_KEEP}",
     )
     ev.add_argument(
         "--save-storyboards", action="store_true", help="also save every storyboard under OUT/storyboards"

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core import settings
 from ..core.agents.base import Agent
 from ..core.loop import LoopConfig, derive_seed, run_story
 from ..core.protocol import Plan, ProtocolError
@@ -113,6 +114,7 @@ def run_task(
     max_attempts: int = 3,
     seed: int = 0,
     on_event=None,
+    keep_attempt: str = settings.DEFAULT_KEEP,
 ) -> tuple[Storyboard | None, str]:
     """One task through the full loop; (None, error) when the Planner never gives a valid plan."""
     config = LoopConfig(
@@ -121,6 +123,7 @@ def run_task(
         width=task.width,
         height=task.height,
         mode=task.mode,
+        keep_attempt=keep_attempt,
     )
     try:
         story = run_story(
@@ -172,12 +175,15 @@ def evaluate(
     seed: int = 0,
     progress: Callable[[Iterable], Iterable] | None = None,
     keep: Callable[[Task, Storyboard], None] | None = None,
+    keep_attempt: str = settings.DEFAULT_KEEP,
 ) -> Report:
     """Run every task with ``planner`` and ``critic`` and summarise the oracle's scores."""
     generator = SandboxGenerator()
     results = []
     for task in progress(tasks) if progress else tasks:
-        story, error = run_task(task, planner, critic, generator, max_attempts=max_attempts, seed=seed)
+        story, error = run_task(
+            task, planner, critic, generator, max_attempts=max_attempts, seed=seed, keep_attempt=keep_attempt
+        )
         results.append(score_story(task, story, error))
         if keep is not None and story is not None:
             keep(task, story)

@@ -2,12 +2,14 @@
 
 import base64
 import io
+from pathlib import Path
 
 import pytest
 from helpers import ChatServer, free_port, plan_text, verdict_text
 from PIL import Image
 
 from interleave_thinker.core.agents import AgentError, Decoding, load_agent
+from interleave_thinker.core.agents.transformers_agent import resident_bytes
 from interleave_thinker.core.endpoints import KEY_ENVS_ENV, EndpointPolicyError
 from interleave_thinker.core.loop import LoopConfig, make_plan
 from interleave_thinker.core.messages import critic_messages, planner_messages
@@ -125,6 +127,100 @@ def test_missing_model_folder_names_where_it_looked(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(AgentError, match="has no config.json"):
         load_agent(str(tmp_path / "empty"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Quantized weights (bitsandbytes, which runs int8 and nf4 on the CPU as well)
+
+SHIPPED_PLANNER = Path(__file__).resolve().parents[1] / "sandbox" / "agents" / "planner"
+PLAN_TOKENS = Decoding(max_new_tokens=400)  # a sandbox plan fits well within this
+
+
+@pytest.fixture(scope="module")
+def planners():
+    """The shipped tiny Planner (trained to plan sandbox stories) in fp32, int8 and nf4."""
+    pytest.importorskip("bitsandbytes", reason="quantized agents need bitsandbytes (the quant extra)")
+    return {
+        quantize: load_agent(
+            SHIPPED_PLANNER, device="cpu", dtype="fp32", quantize=quantize, decoding=PLAN_TOKENS
+        )
+        for quantize in ("none", "int8", "nf4")
+    }
+
+
+def test_a_quantized_planner_plans_the_test_prompts_as_the_full_precision_one(planners):
+    from interleave_thinker.sandbox.tasks import KINDS, make_tasks
+
+    every = make_tasks("test", 60)
+    tasks = [next(t for t in every if t.kind == kind) for kind in KINDS]  # one prompt of each kind
+    plans = {
+        quantize: [
+            make_plan(agent, t.instruction, t.input_images(), config=LoopConfig(mode=t.mode)) for t in tasks
+        ]
+        for quantize, agent in planners.items()
+    }
+    assert all(result.tries == 1 for results in plans.values() for result in results)  # each answered at once
+    # The whole parsed plan: steps, names, instructions, the generator's prompts and the reader's text. (On
+    # this 1.2M-parameter model the reader's text is the most fragile part: bf16 alone changes it on some
+    # other prompts; the prompts stay the same there too.)
+    for quantize in ("int8", "nf4"):
+        assert [r.plan.to_dict() for r in plans[quantize]] == [r.plan.to_dict() for r in plans["none"]]
+
+
+def _linear_bytes(agent, names) -> int:
+    modules = dict(agent.model.named_modules())
+    return sum(resident_bytes(modules[name]) for name in names)
+
+
+def test_quantized_linear_layers_take_a_fraction_of_their_fp32_size(planners):
+    import bitsandbytes as bnb
+
+    full = planners["none"]
+    for quantize, kind, most in (("int8", bnb.nn.Linear8bitLt, 0.6), ("nf4", bnb.nn.Linear4bit, 0.35)):
+        agent = planners[quantize]
+        names = [name for name, module in agent.model.named_modules() if isinstance(module, kind)]
+        assert len(names) >= 20, quantize  # every attention and MLP projection, the vision tower's too
+        ratio = _linear_bytes(agent, names) / _linear_bytes(full, names)
+        assert ratio <= most, (quantize, ratio)
+        assert agent.size_bytes < full.size_bytes
+        assert agent.info["weights"] == quantize and agent.info["resident_bytes"] == agent.size_bytes
+        assert f"{quantize} weights" in agent.describe()
+    assert full.info["weights"] == "fp32" and full.size_bytes == resident_bytes(full.model)
+
+
+def test_a_story_records_each_agents_weights_and_resident_size(planners, tmp_path):
+    from helpers import PaintGenerator
+
+    from interleave_thinker.core.loop import run_story
+    from interleave_thinker.core.storyboard import Storyboard
+    from interleave_thinker.sandbox.tasks import make_tasks
+
+    task = next(t for t in make_tasks("test", 20) if not t.input_images())
+    agent = planners["nf4"]
+    board = run_story(task.instruction, agent, PaintGenerator(), None, config=LoopConfig(width=64, height=64))
+    recorded = board.settings["agents"]
+    assert recorded == {"planner": agent.info} and recorded["planner"]["resident_bytes"] == agent.size_bytes
+    assert board.settings["planner"] == "planner"  # the name, where it always was
+    assert Storyboard.load(board.save(tmp_path / "story")).settings["agents"] == recorded
+
+
+def test_an_unknown_or_unavailable_weight_format_is_refused_before_loading(tiny_agent_dir, monkeypatch):
+    from importlib import metadata
+
+    from interleave_thinker.core.settings import BadSetting
+
+    with pytest.raises(BadSetting, match="quantize must be one of none, int8, nf4, got 'int3'"):
+        load_agent(tiny_agent_dir, device="cpu", quantize="int3")
+    real = metadata.version
+
+    def missing(name):
+        if name == "bitsandbytes":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(metadata, "version", missing)
+    with pytest.raises(AgentError, match=r"quantize=nf4 needs bitsandbytes>=0\.48 .*pip install"):
+        load_agent(tiny_agent_dir, device="cpu", quantize="nf4")
 
 
 # ---------------------------------------------------------------------------------------------------------

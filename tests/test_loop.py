@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from helpers import PaintGenerator, ScriptedAgent, pixels, plan_text, verdict_text
 from PIL import Image
@@ -12,6 +14,8 @@ from interleave_thinker.core.loop import (
 )
 from interleave_thinker.core.messages import message_images, message_text
 from interleave_thinker.core.protocol import Plan, PlanStep, ProtocolError
+from interleave_thinker.core.settings import BadSetting
+from interleave_thinker.core.storyboard import Storyboard
 
 CONFIG = LoopConfig(width=64, height=64, seed=7)
 
@@ -277,3 +281,54 @@ def test_cancel_inside_the_critic_is_not_taken_for_a_failure():
     critic = _DownCritic(Cancelled("cancelled during generation"))
     with pytest.raises(Cancelled):
         run_story("a tale", ScriptedAgent([plan_text("a cat")]), PaintGenerator(), critic, config=CONFIG)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Best of the attempts
+
+
+def _rejecting(messages, n):
+    """Rejects everything; the second attempt's verdict names one problem, the others three."""
+    problems = "the hat is missing" if n == 1 else "the hat is missing, the colour is wrong, an extra cat"
+    return verdict_text(False, f"try {n + 2}", think=problems)
+
+
+def test_best_keeps_the_rejected_attempt_naming_the_fewest_problems_and_says_why(tmp_path):
+    config = LoopConfig(width=64, height=64, max_attempts=3, keep_attempt="best")
+    board, generator, _ = story(plan_text("a cat", "add a hat"), _rejecting, config=config)
+    step = board.steps[0]
+    assert [a.status for a in step.attempts] == ["rejected"] * 3
+    assert step.kept is step.attempts[1] and pixels(step.image) == pixels(step.attempts[1].image)
+    edits = [call for call in generator.calls if call[0] == "edit"]
+    assert edits and all(pixels(call[3]) == pixels(step.attempts[1].image) for call in edits)
+    assert "attempt 2 names the fewest problems" in step.kept_reason
+    # The next step edits the kept picture, and the saved folder shows it and loads back the same.
+    loaded = Storyboard.load(board.save(tmp_path / "s"))
+    assert loaded == board and loaded.steps[0].kept.number == 2
+    with Image.open(tmp_path / "s" / "steps" / "step-01.png") as saved:
+        assert pixels(saved) == pixels(step.attempts[1].image)
+    data = json.loads((tmp_path / "s" / "storyboard.json").read_text())
+    assert data["steps"][0]["kept"]["attempt"] == 2 and data["steps"][0]["image"] == "steps/step-01.png"
+
+
+def test_last_is_the_default_and_keeps_the_last_rejected_attempt():
+    board, _, _ = story(
+        plan_text("a cat"), _rejecting, config=LoopConfig(width=64, height=64, max_attempts=3)
+    )
+    step = board.steps[0]
+    assert LoopConfig().keep_attempt == "last" and step.kept is step.attempts[-1] and step.kept_number is None
+
+
+def test_best_changes_nothing_when_an_attempt_is_accepted_or_no_verdict_gives_reasons():
+    config = LoopConfig(width=64, height=64, max_attempts=3, keep_attempt="best")
+    board, _, _ = story(
+        plan_text("a cat"), [verdict_text(False, "x", think="missing"), verdict_text(True)], config=config
+    )
+    assert board.steps[0].kept is board.steps[0].attempts[-1] and board.steps[0].status == "accepted"
+    board, _, _ = story(plan_text("a cat"), [verdict_text(False, "x", think="")], config=config)
+    assert board.steps[0].kept is board.steps[0].attempts[-1] and board.steps[0].kept_reason == ""
+
+
+def test_an_unknown_keep_attempt_is_refused():
+    with pytest.raises(BadSetting, match="keep_attempt must be one of last, best"):
+        LoopConfig(keep_attempt="first")

@@ -15,7 +15,6 @@ import types
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 from helpers import ChatServer, ScriptedAgent, free_port, plan_text, verdict_text
 from PIL import Image
@@ -84,6 +83,11 @@ def test_the_pack_offers_the_documented_nodes():
             "Plan to Prompts",
             "Save Storyboard",
             "Story List",
+            "Planner Prompt",
+            "Parse Plan",
+            "Critic Prompt",
+            "Parse Verdict",
+            "Storyboard Page",
         ]
     )
     assert NODE_CLASS_MAPPINGS["InterleaveThinkerPlanToPrompts"].OUTPUT_IS_LIST == (True, True, False)
@@ -107,34 +111,44 @@ def test_importing_the_pack_loads_no_comfyui_module():
     assert result.stdout.strip() == "[]"
 
 
-def _requirement_names(lines):
-    import re
-
-    return {
-        re.split(r"[<>=!~ \[;]", line.strip(), maxsplit=1)[0].lower(): line.replace(" ", "")
-        for line in lines
-        if line.strip() and not line.strip().startswith("#")
-    }
-
-
-def test_requirements_txt_mirrors_pyproject_for_comfyui_manager():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    from_pyproject = _requirement_names(project["project"]["dependencies"])
-    from_txt = _requirement_names((ROOT / "requirements.txt").read_text().splitlines())
-    assert from_txt == from_pyproject
-    assert from_txt["transformers"].startswith("transformers>=5")
-    comfy = project["tool"]["comfy"]
-    assert comfy["PublisherId"] and comfy["DisplayName"]
-    package_data = project["tool"]["setuptools"]["package-data"]["interleave_thinker"]
-    assert {"workflows/*.json", "workflows/api/*.json", "web/*.js"} <= set(package_data)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Stand-ins for ComfyUI's modules
 
 
 class InterruptProcessingException(Exception):
     pass
+
+
+class FakePatcher:
+    """comfy.model_patcher.ModelPatcher's constructor and detach, recorded."""
+
+    def __init__(self, model, load_device, offload_device, size=0):
+        self.model, self.load_device, self.offload_device, self.size = (
+            model,
+            load_device,
+            offload_device,
+            size,
+        )
+        self.detached = 0
+
+    def model_size(self):
+        return self.size
+
+    def loaded_size(self):  # what the fake load_models_gpu loads: all of it
+        return self.size
+
+    def detach(self, unpatch_all=True):
+        self.detached += 1
+        self.model.to(self.offload_device)
+
+
+class FakeLoaded:
+    def __init__(self, model):
+        self.model, self.unloaded = model, 0
+
+    def model_unload(self):
+        self.unloaded += 1
+        self.model.detach()
 
 
 class FakeComfy:
@@ -161,6 +175,11 @@ class FakeComfy:
         mm.get_free_memory = lambda device=None: self.free_bytes
         mm.soft_empty_cache = self._empty
         mm.OOM_EXCEPTION = torch.OutOfMemoryError
+        self.loads: list[dict] = []
+        mm.current_loaded_models = []
+        mm.load_models_gpu = self._load_models_gpu
+        patcher = types.ModuleType("comfy.model_patcher")
+        patcher.ModelPatcher = FakePatcher
         utils = types.ModuleType("comfy.utils")
         fake = self
 
@@ -182,14 +201,23 @@ class FakeComfy:
         paths.get_user_directory = lambda: str(root / "user")
         paths.get_save_image_path = self._save_path
         package = types.ModuleType("comfy")
-        package.model_management, package.utils = mm, utils
+        package.model_management, package.utils, package.model_patcher = mm, utils, patcher
         self.modules = {
             "comfy": package,
             "comfy.model_management": mm,
+            "comfy.model_patcher": patcher,
             "comfy.utils": utils,
             "folder_paths": paths,
         }
         self.folder_paths = paths
+
+    def _load_models_gpu(self, models, memory_required=0, force_full_load=False, **kwargs):
+        """Records the call and, as ComfyUI does, lists each model once as loaded, its weights moved."""
+        self.loads.append({"models": list(models), "extra": memory_required, "whole": force_full_load})
+        loaded = self.modules["comfy.model_management"].current_loaded_models
+        for model in models:
+            if not any(entry.model is model for entry in loaded):
+                loaded.insert(0, FakeLoaded(model))
 
     def _throw(self):
         if self.interrupt:
@@ -243,65 +271,97 @@ def test_load_agent_lists_models_llm_and_registers_it(comfy):
     assert comfy.folder_paths.get_folder_paths("LLM") == [os.path.join(comfy.folder_paths.models_dir, "LLM")]
 
 
+def load(backend=agent_nodes.LOCAL, model="", url="", served="", key_env="", max_new_tokens=16):
+    """Load Agent as ComfyUI calls it, with the widgets that matter here."""
+    node = agent_nodes.LoadAgent()
+    return node.load(
+        backend, model, url, served, key_env, "auto", "cpu", agent_nodes.KEEP, max_new_tokens, 0.0
+    )
+
+
+def test_a_model_name_reaching_outside_models_llm_is_refused_when_queued(comfy):
+    validate = agent_nodes.LoadAgent.VALIDATE_INPUTS
+    # Only the model is taken: ComfyUI repeats a failed check on every input the hook names.
+    assert list(inspect.signature(validate).parameters) == ["model"]
+    for escape in ("../etc", "/etc/passwd", "org/../../x", "..\\x", "C:\\models\\x", ""):
+        message = validate(escape)
+        assert "models/LLM" in message, escape
+        with pytest.raises(NodeError, match="models/LLM"):
+            load(model=escape)
+    # A missing folder is no reason to refuse a graph that may use an endpoint: load() says it, once.
+    assert validate("gone") is True and validate("org/gone") is True
+
+
 def test_a_missing_model_folder_is_reported_with_where_it_looked(comfy):
-    message = agent_nodes.LoadAgent.VALIDATE_INPUTS(agent_nodes.LOCAL, "gone", "", "", "")
-    assert "'gone' not found" in message and os.path.join(comfy.folder_paths.models_dir, "LLM") in message
-    assert "outside" not in message
-    validate = agent_nodes.LoadAgent.VALIDATE_INPUTS
-    assert "inside models/LLM" in validate(agent_nodes.LOCAL, "../etc", "", "", "")
-    assert "inside models/LLM" in validate(agent_nodes.LOCAL, "/etc/passwd", "", "", "")
-    with pytest.raises(NodeError, match="not found; looked in"):
-        agent_nodes.LoadAgent().load(
-            agent_nodes.LOCAL, "gone", "", "", "", "auto", "cpu", agent_nodes.KEEP, 16, 0.0
-        )
+    with pytest.raises(NodeError, match="not found; looked in") as missing:
+        load(model="gone")
+    assert os.path.join(comfy.folder_paths.models_dir, "LLM") in str(missing.value)
+    assert "outside" not in str(missing.value)
+    with pytest.raises(NodeError, match="backend must be"):
+        load("carrier pigeon")
 
 
-def test_endpoint_settings_are_checked_before_running(comfy):
-    validate = agent_nodes.LoadAgent.VALIDATE_INPUTS
-    assert validate(agent_nodes.ENDPOINT, "", "http://127.0.0.1:8000/v1", "qwen", "") is True
-    assert "must start with http" in validate(agent_nodes.ENDPOINT, "", "127.0.0.1:8000", "qwen", "")
-    assert "endpoint_model is empty" in validate(agent_nodes.ENDPOINT, "", "http://127.0.0.1:8000/v1", " ", "")
-    assert "backend must be" in validate("carrier pigeon", "", "", "", "")
+def test_the_error_type_shown_carries_no_machine_path():
+    # ComfyUI shows module + class name, and a pack loaded from custom_nodes has its path in its modules.
+    assert f"{NodeError.__module__}.{NodeError.__qualname__}" == "InterleaveThinker.NodeError"
+
+
+def test_endpoint_settings_are_checked_before_anything_is_sent(comfy):
+    with pytest.raises(NodeError, match="must start with http"):
+        load(agent_nodes.ENDPOINT, url="127.0.0.1:8000", served="qwen")
+    with pytest.raises(NodeError, match="endpoint_model is empty"):
+        load(agent_nodes.ENDPOINT, url="http://127.0.0.1:8000/v1", served=" ")
+    with pytest.raises(NodeError) as credentials:
+        load(agent_nodes.ENDPOINT, url="http://me:hunter2@127.0.0.1:8000/v1", served="m")
+    assert "hunter2" not in str(credentials.value)
 
 
 def test_a_graph_cannot_choose_a_foreign_host_or_a_secret(comfy, monkeypatch):
     """A shared workflow naming another host and a secret variable is refused before anything is sent or
     read, with a message saying how the machine's owner allows them on purpose."""
-    validate = agent_nodes.LoadAgent.VALIDATE_INPUTS
     monkeypatch.delenv("INTERLEAVE_THINKER_ALLOWED_ENDPOINTS", raising=False)
     monkeypatch.delenv("INTERLEAVE_THINKER_ALLOWED_KEY_ENV", raising=False)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "top-secret-value")
-    host = validate(agent_nodes.ENDPOINT, "", "http://attacker.example:8000/v1", "m", "")
-    assert "not allowed on this machine" in host and "INTERLEAVE_THINKER_ALLOWED_ENDPOINTS" in host
-    assert "interleave_thinker_endpoints.json" in host
-    secret = validate(agent_nodes.ENDPOINT, "", "http://127.0.0.1:8000/v1", "m", "AWS_SECRET_ACCESS_KEY")
-    assert "not allowed to hold an API key" in secret and "top-secret-value" not in secret
-    with pytest.raises(NodeError) as refused:
-        agent_nodes.LoadAgent().load(
-            agent_nodes.ENDPOINT, "", "http://127.0.0.1:1/v1", "m", "AWS_SECRET_ACCESS_KEY",
-            "auto", "auto", agent_nodes.KEEP, 16, 0.0,
-        )  # fmt: skip
-    assert "top-secret-value" not in str(refused.value)
+    with ChatServer(lambda body, n: plan_text("x")) as server:
+        with pytest.raises(NodeError) as host:
+            load(agent_nodes.ENDPOINT, url="http://attacker.example:8000/v1", served="m")
+        assert "not allowed on this machine" in str(host.value)
+        assert "INTERLEAVE_THINKER_ALLOWED_ENDPOINTS" in str(host.value)
+        assert "interleave_thinker_endpoints.json" in str(host.value)
+        with pytest.raises(NodeError) as secret:
+            load(agent_nodes.ENDPOINT, url=server.url, served="m", key_env="AWS_SECRET_ACCESS_KEY")
+        assert "not allowed to hold an API key" in str(secret.value)
+        assert "INTERLEAVE_THINKER_ALLOWED_KEY_ENV" in str(secret.value)
+        assert "top-secret-value" not in str(secret.value)
+        assert server.requests == []  # not even the probe
 
 
 def test_the_machine_allows_a_host_and_a_key_variable_in_comfyuis_user_folder(comfy, monkeypatch):
     monkeypatch.setenv("TEAM_KEY", "sekret")
-    validate = agent_nodes.LoadAgent.VALIDATE_INPUTS
+    changed = agent_nodes.LoadAgent.IS_CHANGED
+    before = changed(agent_nodes.ENDPOINT, "")
     user = Path(comfy.folder_paths.get_user_directory())
     user.mkdir(parents=True)
-    (user / "interleave_thinker_endpoints.json").write_text(
-        json.dumps({"endpoints": ["gpu-box.lan:8000"], "api_key_env": ["TEAM_KEY"]})
-    )
-    assert validate(agent_nodes.ENDPOINT, "", "http://gpu-box.lan:8000/v1", "m", "TEAM_KEY") is True
-    assert "not allowed" in validate(agent_nodes.ENDPOINT, "", "http://gpu-box.lan:9999/v1", "m", "")
+    with ChatServer(lambda body, n: plan_text("x")) as server:
+        port = server.url.split(":")[2].split("/")[0]
+        foreign = server.url.replace("127.0.0.1", "0.0.0.0")  # this machine, but not a loopback address
+        with pytest.raises(NodeError, match="not allowed"):
+            load(agent_nodes.ENDPOINT, url=foreign, served="m", key_env="TEAM_KEY")
+        (user / "interleave_thinker_endpoints.json").write_text(
+            json.dumps({"endpoints": [f"0.0.0.0:{port}"], "api_key_env": ["TEAM_KEY"]})
+        )
+        (agent,) = load(agent_nodes.ENDPOINT, url=foreign, served="m", key_env="TEAM_KEY")
+        assert agent.url.startswith(foreign)  # allowed on purpose: the probe reached the server
+        with pytest.raises(NodeError, match="not allowed"):
+            load(agent_nodes.ENDPOINT, url=foreign.replace(port, "9"), served="m")
+    # A cached endpoint agent is loaded again once the allow-list changes.
+    assert changed(agent_nodes.ENDPOINT, "") != before
 
 
 def test_an_unreachable_endpoint_fails_on_the_loader(comfy):
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(NodeError, match=f"{url}: unreachable .*is the server running"):
-        agent_nodes.LoadAgent().load(
-            agent_nodes.ENDPOINT, "", url, "m", "", "auto", "auto", agent_nodes.KEEP, 16, 0.0
-        )
+        load(agent_nodes.ENDPOINT, url=url, served="m")
 
 
 def test_an_endpoint_agent_takes_its_key_from_the_environment(comfy, monkeypatch):
@@ -362,7 +422,7 @@ def test_a_local_agent_loads_from_models_llm_and_plans(comfy, tiny_agent_dir):
         agent_nodes.LOCAL, "tiny", "", "", "", "fp32", "cpu", agent_nodes.OFFLOAD, 8, 0.0
     )
     assert type(agent).__name__ == "TransformersAgent" and agent.memory == "offload"
-    assert agent.make_room is memory.make_room and agent in memory._agents
+    assert agent.host is memory.HOST and agent in memory._agents and agent.quantize == "none"
     with pytest.raises(NodeError, match=r"the Planner \(tiny\) gave no valid plan: .*Try another seed"):
         agent_nodes.Planner().plan(agent, "a cat story", "narrative", 4, 0)
 
@@ -391,6 +451,54 @@ def test_planner_that_never_plans_shows_an_excerpt(comfy):
     assert len(agent.calls) == 3
     with pytest.raises(NodeError, match="guidance mode needs at least one input image"):
         agent_nodes.Planner().plan(agent, "a story", "guidance", 8, 0)
+
+
+def test_an_empty_instruction_is_refused_when_queued(comfy):
+    validate = agent_nodes.Planner.VALIDATE_INPUTS
+    assert list(inspect.signature(validate).parameters) == ["instruction"]
+    assert "instruction is empty" in validate("") and "instruction is empty" in validate(" \n\t")
+    assert validate("a cat story") is True
+    assert validate(None) is True  # linked (Story List): known only when the node runs
+    agent = ScriptedAgent([plan_text("x")])
+    with pytest.raises(NodeError, match="instruction is empty"):
+        agent_nodes.Planner().plan(agent, "  ", "auto", 8, 0)
+    assert agent.calls == []
+
+
+def test_the_planner_bar_moves_per_try(comfy):
+    agent = ScriptedAgent(["no plan here"])
+    with pytest.raises(NodeError, match="gave no valid plan"):
+        agent_nodes.Planner().plan(agent, "a story", "narrative", 8, 0)
+    tries = settings.DEFAULT_PLANNER_TRIES
+    assert [(value, total) for value, total, _ in comfy.progress][-1] == (tries, tries)
+    assert sorted({value for value, _, _ in comfy.progress}) == list(range(tries + 1))
+
+
+def test_the_planner_bar_moves_per_token_with_a_local_agent(comfy, tiny_agent_dir, monkeypatch):
+    from interleave_thinker.core.agents import Decoding, load_agent
+
+    monkeypatch.setattr(agent_nodes, "PROGRESS_EVERY", 0.0)  # every token, to see them all
+    agent = load_agent(tiny_agent_dir, device="cpu", dtype="fp32", decoding=Decoding(max_new_tokens=32))
+    with pytest.raises(NodeError, match="gave no valid plan"):
+        agent_nodes.Planner().plan(agent, "a cat story", "narrative", 4, 0)
+    values = [value for value, total, _ in comfy.progress]
+    assert {total for _, total, _ in comfy.progress} == {settings.DEFAULT_PLANNER_TRIES * 32}
+    assert values == sorted(values) and values[-1] == settings.DEFAULT_PLANNER_TRIES * 32
+    assert len([value for value in values if 0 < value < 32]) >= 16  # greedy: 32 tokens, each one shown
+
+    # Cancel during a try: the answer stops at once and the bar is not moved past what was made.
+    comfy.progress.clear()
+    looks = []
+
+    def cancel_after_five_tokens():
+        looks.append(1)
+        return len(looks) > 5
+
+    monkeypatch.setattr(agent_nodes, "interrupted", cancel_after_five_tokens)
+    monkeypatch.setattr(comfy, "interrupt", True)  # what ComfyUI's flag says once Cancel was pressed
+    with pytest.raises(InterruptProcessingException):
+        agent_nodes.Planner().plan(agent, "a cat story", "narrative", 4, 0)
+    assert max(value for value, _, _ in comfy.progress) < 8
 
 
 def test_interrupt_stops_the_planner_before_it_calls_the_model(comfy):
@@ -487,7 +595,8 @@ def test_story_list_reads_the_text_box_and_a_file(comfy):
 def test_story_list_file_problems_are_plain(comfy):
     input_dir = Path(comfy.folder_paths.get_input_directory())
     assert "not found in the input folder" in story_nodes.StoryList.VALIDATE_INPUTS("gone.txt")
-    assert "directly in the input folder" in story_nodes.StoryList.VALIDATE_INPUTS("../secret.txt")
+    for escape in ("../secret.txt", "/etc/secret.txt", "sub/../../secret.jsonl", ".."):
+        assert "directly in the input folder" in story_nodes.StoryList.VALIDATE_INPUTS(escape), escape
     (input_dir / "pics.jsonl").write_text('{"instruction": "a", "images": ["x.png"]}\n')
     with pytest.raises(NodeError, match=r"pics.jsonl:1: Story List passes instructions only"):
         story_nodes.StoryList().stories("", "pics.jsonl")
@@ -552,18 +661,6 @@ def test_a_route_the_model_cannot_do_is_refused(comfy):
         )
 
 
-class GpuAgent:
-    def __init__(self, device="cuda"):
-        self.device_type = device
-        self.offloaded = 0
-        parameter = types.SimpleNamespace(device=types.SimpleNamespace(type=device))
-        self.model = types.SimpleNamespace(parameters=lambda: iter([parameter]))
-
-    def offload(self):
-        self.offloaded += 1
-        self.model.parameters().__next__().device.type = "cpu"
-
-
 def test_make_room_asks_comfyui_to_free_the_agents_size(comfy):
     memory.make_room(10_000, "cuda")
     assert comfy.freed == [(int(10_000 * memory.AGENT_OVERHEAD) + 1000, torch.device("cuda", 0))]
@@ -571,18 +668,67 @@ def test_make_room_asks_comfyui_to_free_the_agents_size(comfy):
     assert len(comfy.freed) == 1
 
 
-def test_agents_leave_the_gpu_only_when_the_diffusion_model_needs_it(comfy):
-    resident, elsewhere = GpuAgent("cuda"), GpuAgent("cpu")
-    memory.track(resident)
-    memory.track(elsewhere)
-    model = fake_model("SDXL", device="cuda", size=6000, loaded=0)
-    text_encoder = fake_model("SDXL", device="cuda", size=9000, loaded=8000)  # mostly on the GPU already
-    comfy.free_bytes = 7_000  # the largest part still to load is 6000, plus 1000 for inference
-    assert memory.release_agents_for(model, text_encoder, None) == 0 and resident.offloaded == 0
-    comfy.free_bytes = 6_999
-    assert memory.release_agents_for(model, text_encoder, None) == 1
-    assert resident.offloaded == 1 and elsewhere.offloaded == 0 and comfy.emptied == 1
-    assert memory.release_agents_for(fake_model("SDXL", device="cpu", size=10**12)) == 0
+class WeightsAgent:
+    """What ComfyHost reads of a TransformersAgent: a model with weights, its device, size and policy."""
+
+    def __init__(self, device="cuda", memory_policy="keep"):
+        self.name, self.device, self.memory, self.size_bytes = "agent", device, memory_policy, 10_000
+        self.model = torch.nn.Linear(2, 2)
+        self.weight_format, self.weights_device = "fp32", "cpu"
+
+
+def test_an_agent_is_one_comfyui_model_loaded_whole_before_each_call(comfy):
+    agent = WeightsAgent("cuda")
+    memory.track(agent)
+    memory.HOST.load(agent)
+    memory.HOST.load(agent)
+    (patcher,) = {id(call["models"][0]): call["models"][0] for call in comfy.loads}.values()
+    assert type(patcher).__name__ == "FakePatcher" and patcher.size == agent.size_bytes
+    # ComfyUI's own device object (cuda:0 is not cuda to it); off the GPU means the CPU.
+    assert patcher.load_device == torch.device("cuda", 0) and patcher.offload_device == torch.device("cpu")
+    assert (
+        patcher.model.agent_model is agent.model and type(patcher.model).__name__ == "InterleaveThinkerAgent"
+    )
+    # Whole (a transformers model cannot run split across devices), with room for one generation.
+    assert comfy.loads[0] == {"models": [patcher], "extra": 2_000, "whole": True}
+    assert memory.is_loaded(agent) and memory.agent_status()[0]["loaded"] is True
+
+    memory.HOST.unload(agent)  # what "offload to CPU between calls" does after each call
+    assert not memory.is_loaded(agent) and comfy.modules["comfy.model_management"].current_loaded_models == []
+    assert patcher.detached == 1 and comfy.emptied == 1
+    memory.HOST.unload(agent)  # not loaded through ComfyUI: the weights are sent to the CPU all the same
+    assert patcher.detached == 2
+
+
+def test_load_agent_hands_a_local_agent_to_comfyui_with_its_weight_format(comfy, monkeypatch, caplog):
+    agent_folder(comfy, "planner-agent")
+    made = []
+
+    def fake_load_agent(folder, **kwargs):
+        made.append(kwargs)
+        agent = WeightsAgent(kwargs["device"])
+        agent.describe = lambda: f"{folder.name}: {kwargs['quantize']} weights"
+        return agent
+
+    monkeypatch.setattr(agent_nodes, "load_agent", fake_load_agent)
+    node = agent_nodes.LoadAgent()
+    local = (agent_nodes.LOCAL, "planner-agent", "", "", "", "auto", "auto", agent_nodes.KEEP, 16, 0.0)
+    node.load(*local)  # a workflow saved before the widget existed
+    with caplog.at_level("INFO"):
+        node.load(*local, quantize="nf4")
+    assert "Load Agent: planner-agent: nf4 weights" in caplog.text  # ComfyUI's log, and the node's text
+    assert [(k["quantize"], k["host"], k["memory"], k["device"]) for k in made] == [
+        ("none", memory.HOST, "keep", "cuda:0"),
+        ("nf4", memory.HOST, "keep", "cuda:0"),
+    ]
+    with pytest.raises(NodeError, match="quantize must be one of none, int8, nf4, got 'int3'"):
+        node.load(*local, quantize="int3")
+    optional = agent_nodes.LoadAgent.INPUT_TYPES()["optional"]
+    assert list(optional) == ["quantize"]  # the last widget, so saved workflows keep their order
+    assert (
+        optional["quantize"][0] == list(settings.QUANTIZATIONS)
+        and optional["quantize"][1]["default"] == "none"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -617,6 +763,8 @@ def test_save_storyboard_writes_a_whole_folder_and_shows_it(comfy):
         "storyboard.json",
         "index.html",
         "story.md",
+        "page-01.png",
+        "storyboard.pdf",
         "steps",
         "attempts",
         "inputs",
@@ -632,6 +780,20 @@ def test_save_storyboard_writes_a_whole_folder_and_shows_it(comfy):
         for n in (1, 2)
     ]
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_save_storyboard_refuses_a_prefix_outside_the_output_folder(comfy, tmp_path):
+    validate = story_nodes.SaveStoryboard.VALIDATE_INPUTS
+    assert list(inspect.signature(validate).parameters) == ["filename_prefix"]
+    outside = tmp_path / "elsewhere" / "x"
+    for escape in ("../../x", "a/../../x", str(outside), "..\\x", "C:\\x", " "):
+        assert "filename_prefix" in validate(escape), escape
+    for fine in ("InterleaveThinker/story", "%date:yyyy-MM-dd%/story", "story"):
+        assert validate(fine) is True, fine
+    assert validate(None) is True  # linked: checked when the node runs
+    with pytest.raises(NodeError, match="must stay inside the output folder"):
+        story_nodes.SaveStoryboard().save(None, str(outside))  # refused before the storyboard is read
+    assert not outside.parent.exists()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -758,3 +920,25 @@ def test_comfy_sampler_reference_route(sampling_calls):
     text_only = sampling.ComfyGenerator(fake_model("SD15"), object(), FakeVae(), edit_route="text-to-image")
     text_only.edit(Image.new("RGB", (32, 32)), "a dog", seed=1)
     assert sampling_calls["sample"][2]["denoise"] == 1.0 and len(sampling_calls["qwen"]) == 1
+
+
+def test_refine_loop_keeps_the_best_rejected_attempt_when_asked_and_the_last_by_default(
+    sampling_calls, comfy
+):
+    def rejecting(messages, n):  # the second verdict of each step names one problem, the others three
+        problems = "the hat is missing" if n % 3 == 1 else "missing hat, wrong colour, extra cat"
+        return verdict_text(False, f"try {n}", think=problems)
+
+    widgets = ("", 0, 3, 7.0, "euler", "normal", 64, 64, "img2img", 0.6, 3)
+    loop = story_nodes.RefineLoop()
+    story = _story_plan(comfy, "a cat")
+    _, _, best, _ = loop.run(
+        story, fake_model("SD15"), object(), FakeVae(), *widgets, critic=ScriptedAgent(rejecting),
+        keep_attempt="best",
+    )  # fmt: skip
+    assert best.steps[0].kept.number == 2 and "fewest problems" in best.steps[0].kept_reason
+    _, _, last, _ = loop.run(
+        story, fake_model("SD15"), object(), FakeVae(), *widgets, critic=ScriptedAgent(rejecting)
+    )
+    assert last.steps[0].kept.number == 3 and last.steps[0].kept_number is None
+    assert story_nodes.RefineLoop.INPUT_TYPES()["optional"]["keep_attempt"][1]["default"] == "last"

@@ -76,6 +76,8 @@ class OpenAIAgent:
     ``policy`` defaults to what the machine allows (:meth:`EndpointPolicy.machine` without a config file).
     """
 
+    concurrent_safe = True  # every call is its own connection: a batch's threads share one agent
+
     def __init__(
         self,
         base_url: str,

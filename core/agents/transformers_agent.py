@@ -24,6 +24,12 @@ BITSANDBYTES_MIN = (0, 48)
 # is asked to free before a quantized model is built on the accelerator.
 QUANTIZED_BYTES_PER_PARAMETER = {"int8": 1.25, "nf4": 0.75}
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>")
+# The fast decoding path (``fast_decoding=True``): a static KV cache, allocated once at its full length, which
+# is what lets transformers compile the decoding step with torch.compile on an accelerator (it never compiles
+# on the CPU), with SDPA attention. Greedy answers are the plain path's, token for token. Off by default:
+# settings.DEFAULT_FAST_DECODING says why.
+FAST_DECODING_KWARGS: dict[str, Any] = {"cache_implementation": "static"}
+FAST_ATTENTION = "sdpa"
 
 
 def check_model_folder(path: str | Path) -> Path:
@@ -150,6 +156,8 @@ class TransformersAgent:
     ``memory="offload"`` keeps the weights on the CPU between calls. ``quantize`` stores the linear layers in
     8 bits (int8) or 4 bits (nf4) with bitsandbytes. ``host`` decides where the weights live (default: the
     agent moves them itself, calling ``make_room(bytes, device)`` before they go to an accelerator).
+    ``fast_decoding`` decodes with a static KV cache (compiled by transformers on an accelerator), giving the
+    same greedy answers as the plain path.
     """
 
     def __init__(
@@ -164,6 +172,7 @@ class TransformersAgent:
         make_room: Callable[[int, str], None] | None = None,
         quantize: str = settings.DEFAULT_QUANTIZATION,
         host: AgentHost | None = None,
+        fast_decoding: bool = settings.DEFAULT_FAST_DECODING,
     ):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -178,7 +187,10 @@ class TransformersAgent:
         self.make_room = make_room
         self.quantize = quantize
         self.host: AgentHost = host if host is not None else OwnPlacement(make_room)
+        self.fast_decoding = bool(fast_decoding)
         kwargs: dict[str, Any] = {"local_files_only": True, "dtype": self.dtype, "use_safetensors": True}
+        if self.fast_decoding and not attn_implementation:
+            attn_implementation = FAST_ATTENTION
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         quantization = quantization_config(quantize, self.dtype)
@@ -227,7 +239,7 @@ class TransformersAgent:
     @property
     def info(self) -> dict[str, Any]:
         """What a storyboard records about this agent: its weights and what they take in memory."""
-        return {
+        info = {
             "name": self.name,
             "backend": "transformers",
             "weights": self.weight_format,
@@ -236,6 +248,9 @@ class TransformersAgent:
             "device": self.device,
             "memory": self.memory,
         }
+        if self.fast_decoding:  # said only when on: the plain path's storyboards read as before
+            info["fast_decoding"] = True
+        return info
 
     def describe(self) -> str:
         """One line for a log or a node: name, weight format and resident size."""
@@ -277,6 +292,8 @@ class TransformersAgent:
             kwargs.update(temperature=temperature, top_p=self.decoding.top_p, top_k=0)
         else:  # the checkpoint's generation_config may ask for sampling: override it to be greedy
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.fast_decoding:
+            kwargs.update(FAST_DECODING_KWARGS)
         return kwargs
 
     @property
@@ -346,7 +363,10 @@ class TransformersAgent:
         return ids
 
     def __repr__(self) -> str:
-        return f"TransformersAgent({str(self.path)!r}, device={self.device!r}, dtype={self.dtype})"
+        return (
+            f"TransformersAgent({str(self.path)!r}, device={self.device!r}, dtype={self.dtype}, "
+            f"quantize={self.quantize!r})"
+        )
 
 
 def resident_bytes(model) -> int:

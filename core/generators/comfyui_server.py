@@ -139,7 +139,13 @@ def graph_route(graph: Mapping) -> str:
 
 
 class ComfyUIServerGenerator:
-    """Pictures from a ComfyUI server: a text-to-image graph, and an edit graph for the before image."""
+    """Pictures from a ComfyUI server: a text-to-image graph, and an edit graph for the before image.
+
+    Each call is its own HTTP exchange, so threads may share one; the server queues what they send. To spread
+    a batch over several servers (one per GPU), put one generator per URL in a ``GeneratorPool``.
+    """
+
+    concurrent_safe = True
 
     def __init__(
         self,
