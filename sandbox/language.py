@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
+from ..core.errors import BadInput
 from .world import COLOURS, EMPTY, PLACES, SHAPES, SIZES, Obj, Scene, neighbour, place_index
 
 KEEP = "keep everything else unchanged"
@@ -51,11 +52,11 @@ _SYNONYMS = {
 }
 
 
-class LanguageError(ValueError):
+class LanguageError(BadInput):
     """Text that is not a sandbox sentence."""
 
 
-class ResolveError(ValueError):
+class ResolveError(BadInput):
     """A sentence that cannot be carried out exactly on this scene (ambiguous, missing or impossible)."""
 
 

@@ -20,6 +20,7 @@ from functools import lru_cache
 
 from PIL import Image
 
+from ..core.errors import BadInput
 from ..core.messages import IMAGE_MARKER, Message
 from ..core.prompts import load_template
 from ..core.protocol import Plan, PlanStep, Verdict
@@ -32,7 +33,7 @@ PLANNER_NAME = "sandbox-oracle-planner"
 CRITIC_NAME = "sandbox-oracle-critic"
 
 
-class OracleError(ValueError):
+class OracleError(BadInput):
     """Messages that are not a sandbox Planner or Critic call."""
 
 

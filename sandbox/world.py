@@ -15,6 +15,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..core.errors import BadInput
+
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {
     "red": (220, 40, 40),
@@ -37,7 +39,7 @@ _EXTENT = {"small": 0.45, "large": 0.85}
 MIN_IOU = 0.75
 
 
-class WorldError(ValueError):
+class WorldError(BadInput):
     pass
 
 
