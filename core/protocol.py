@@ -2,7 +2,8 @@
 
 The wire format is the official InterleaveThinker schema (the released weights were trained on it):
 
-    plan:    {"execution_plan": [{"step_number", "step_name", "instruction", "prompt", "auxiliary_text"}, ...]}
+    plan:    {"execution_plan": [{"step_number", "step_name", "instruction", "prompt",
+                                 "auxiliary_text"}, ...]}
     verdict: {"previous_step_success": bool, "refine_prompt": str}
 
 Agents write it inside ``<answer>...</answer>`` after an optional ``<think>`` block, often as a Python literal
@@ -56,7 +57,8 @@ _SERIALISED_STEP_RE = re.compile(r"""['"]step_number['"]\s*:""")
 
 
 class ProtocolError(InterleaveThinkerError, ValueError):
-    """Agent output that is not a valid plan or verdict. ``excerpt`` is a short piece of the offending text."""
+    """Agent output that is not a valid plan or verdict. ``excerpt`` is a short piece of the offending
+    text."""
 
     def __init__(self, what: str, reason: str, text: str = ""):
         self.what = what

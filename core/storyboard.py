@@ -287,8 +287,8 @@ class Storyboard:
     def save(self, folder: str | Path, *, overwrite: bool = False, pages: bool = True) -> Path:
         """Write the storyboard folder atomically and return its path.
 
-        ``pages``: also the printable pages (``page-NN.png``) and ``storyboard.pdf`` (about half a second more;
-        evaluation runs that save hundreds of storyboards turn it off).
+        ``pages``: also the printable pages (``page-NN.png``) and ``storyboard.pdf`` (about half a second
+        more; evaluation runs that save hundreds of storyboards turn it off).
         """
         folder = Path(folder)
         if os.path.lexists(folder):

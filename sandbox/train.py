@@ -318,7 +318,7 @@ def comparison_table(rows) -> str:
         return "–" if value is None else f"{100 * value:.1f}%"
 
     lines = [
-        "| metric | recorded | this run | within ±%d points |" % round(100 * BAND),
+        f"| metric | recorded | this run | within ±{round(100 * BAND)} points |",
         "|---|---:|---:|---|",
     ]
     lines += [

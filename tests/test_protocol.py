@@ -69,7 +69,8 @@ def test_reasoning_is_kept_apart_from_the_answer():
     "text",
     [
         "<answer>{'previous_step_success': False, 'refine_prompt': 'add a red hat'}</answer>",
-        '<think>hat missing</think><answer>{"previous_step_success": false, "refine_prompt": "add a red hat"}</answer>',
+        '<think>hat missing</think><answer>{"previous_step_success": false, '
+        '"refine_prompt": "add a red hat"}</answer>',
         '{"success": false, "refined_prompt": "add a red hat"}',
         "<answer>{'success': 'false', 'refine_prompt': ' add a red hat '}</answer>",
         "<answer>{'previous_step_success': False, 'refine_prompt': 'add a red hat',}",
@@ -153,7 +154,7 @@ def test_plan_round_trips_through_the_official_schema():
     }
 
 
-# --- property-based: any text gives a Plan/Verdict or the typed error, never anything else -------------------
+# --- property-based: any text gives a Plan/Verdict or the typed error, never anything else ---------------
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -12,7 +12,8 @@ from ..messages import Message
 
 
 class AgentError(BackendError):
-    """An agent backend could not answer: an unreachable endpoint, an HTTP error, a model that fails to load."""
+    """An agent backend could not answer: an unreachable endpoint, an HTTP error, a model that fails to
+    load."""
 
 
 class PromptTooLong(AgentError, BadInput):
