@@ -1,8 +1,9 @@
 """One SFT step and one GRPO step of a real-size Qwen3-VL (random weights) under ZeRO-3 or FSDP2; peak memory.
 
 Nothing is downloaded: the model is built from a config shaped like Qwen3-VL-8B-Instruct (36 layers, hidden 4096,
-a 27-block vision tower, a 151,936-token embedding) with the tiny local tokenizer; the data are the synthetic
-shapes world at full resolution (1024x1024 pictures: about 1,024 image tokens each, two per Critic prompt).
+a 27-block vision tower, a 151,936-token embedding) with the tiny local tokenizer; the data are the sandbox
+teacher's at full resolution (1024x1024 pictures: about 1,024 image tokens each, two per Critic prompt), and
+the GRPO reward redraws with the sandbox generator and scores with its oracle judge.
 
     accelerate launch --config_file training/configs/accelerate/zero3.yaml bench/gpu_train_check.py --stage sft
     accelerate launch --config_file training/configs/accelerate/fsdp2.yaml bench/gpu_train_check.py --stage grpo
@@ -104,9 +105,9 @@ def sft_step(config, processor, work: Path, size: int) -> None:
     import torch
     from trl import SFTConfig, SFTTrainer
 
-    from interleave_thinker.training.data import SFTRows, Templates
+    from interleave_thinker.sandbox.teacher import write_sets
+    from interleave_thinker.training.data import SFTRows, Templates, read_critic_sft
     from interleave_thinker.training.models import freeze_vision
-    from interleave_thinker.training.synthetic import make_critic_examples
 
     args = SFTConfig(
         output_dir=str(work / "sft"),
@@ -124,7 +125,10 @@ def sft_step(config, processor, work: Path, size: int) -> None:
     )
     model = new_model(config)
     freeze_vision(model)
-    rows = SFTRows(make_critic_examples(8, size=size), Templates.load(), max_pixels=size * size)
+    examples, _ = read_critic_sft(
+        write_sets(work / "sft-data", ["critic_sft.json"], count=8, size=size)["critic_sft"]
+    )
+    rows = SFTRows(examples, Templates.load(), max_pixels=size * size)
     trainer = SFTTrainer(model=model, args=args, train_dataset=rows.as_dataset(), processing_class=processor)
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -139,9 +143,11 @@ def grpo_step(config, processor, work: Path, size: int, generations: int) -> Non
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
-    from interleave_thinker.training.data import CriticRLRows, Templates
+    from interleave_thinker.sandbox.generator import SandboxGenerator
+    from interleave_thinker.sandbox.judge import SandboxJudge
+    from interleave_thinker.sandbox.teacher import write_sets
+    from interleave_thinker.training.data import CriticRLRows, Templates, read_critic_rl
     from interleave_thinker.training.rewards import CriticReward
-    from interleave_thinker.training.synthetic import RuleJudge, ShapesGenerator, make_rl_examples
 
     args = GRPOConfig(
         output_dir=str(work / "grpo"),
@@ -162,8 +168,11 @@ def grpo_step(config, processor, work: Path, size: int, generations: int) -> Non
     )
     processor.tokenizer.padding_side = "left"
     model = new_model(config)
-    reward = CriticReward(ShapesGenerator(), RuleJudge())
-    rows = CriticRLRows(make_rl_examples(8, size=size), Templates.load(), max_pixels=size * size)
+    reward = CriticReward(SandboxGenerator(), SandboxJudge())
+    examples, _ = read_critic_rl(
+        write_sets(work / "rl-data", ["critic_rl.jsonl"], count=8, size=size)["critic_rl"]
+    )
+    rows = CriticRLRows(examples, Templates.load(), max_pixels=size * size)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[reward],

@@ -13,15 +13,20 @@ The Critic data comes through the data flywheel: the train tasks run through the
 agents, sandbox generator), the storyboards are saved, read back with ``training.data.read_storyboards`` and
 every judged attempt is labelled again by the oracle. ``--from-storyboards DIR`` adds storyboards made by any
 agents (your own runs, ``eval --save-storyboards``), labelled the same way.
+
+:func:`write_sets` writes the same data for a training run that makes its own (a ``generated`` data source,
+as in ``training/configs/*_tiny_cpu.yaml``), with a fixed number of rows per file.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import random
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -31,8 +36,10 @@ from .evaluate import run_task
 from .judge import judge_step
 from .language import KEEP, NOTHING_ELSE
 from .oracle import OracleCritic, OraclePlanner, plan_for, verdict_for
-from .tasks import Task, make_tasks, read_request, save_tasks
-from .world import COLOURS, PLACES, SHAPES, SIZES
+from .tasks import Task, iter_tasks, make_tasks, read_request, save_tasks
+from .world import COLOURS, DEFAULT_SIZE, PLACES, SHAPES, SIZES
+
+OFFICIAL_FILES = ("planner_sft.json", "critic_sft.json", "critic_rl.jsonl")
 
 
 @dataclass
@@ -134,7 +141,7 @@ def rollouts(
     for task, seed in progress(runs) if progress else runs:
         story, _ = run_task(task, planner, critic, max_attempts=max_attempts, seed=seed)
         if story is not None:
-            story.save(folder / f"{task.id}-seed{seed}", overwrite=True)
+            story.save(folder / f"{task.id}-seed{seed}", overwrite=True, pages=False)
     return folder
 
 
@@ -185,11 +192,95 @@ def build(
         "critic_rl": len(data.rl),
         "skipped": data.skipped[:20],
     }
-    from ..core.cli import atomic_write_text
+    from ..core.files import atomic_write_text
 
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     paths["summary"] = out / "summary.json"
     return paths
+
+
+def write_sets(
+    out: str | Path,
+    files: Sequence[str] = OFFICIAL_FILES,
+    *,
+    count: int = 200,
+    seed: int = 0,
+    size: int = DEFAULT_SIZE,
+    max_steps: int | None = None,
+    think_share: float = 1.0,
+    brief: bool = False,
+) -> dict[str, Path]:
+    """Write ``count`` rows of each official file named in ``files`` into ``out`` (pictures in out/images).
+
+    The rows are :func:`build`'s: Planner rows for the first train tasks of the stream fixed by ``seed``,
+    Critic SFT and RL rows from the judged attempts of those tasks' rollouts, with pictures of ``size`` x
+    ``size``. ``max_steps`` keeps only tasks of at most that many planned steps (shorter answers, for small
+    models). With ``think_share`` below 1 only that share of the Critic answers keep their reasoning and the
+    rest give the verdict alone: a model trained on them does not always reason, which GRPO with
+    ``require_think`` can then teach it. ``brief`` cuts the reasoning kept to its conclusion, "Done." or
+    "Not done.", so that a tiny model's answers stay a few dozen tokens long.
+
+    This is the function a ``generated`` source of ``training/config.py`` calls.
+    """
+    from ..training.data import write_critic_rl, write_critic_sft, write_planner_sft
+
+    unknown = sorted(set(files) - set(OFFICIAL_FILES))
+    if unknown:
+        raise ValueError(
+            f"unknown file(s) {', '.join(unknown)}; the teacher writes {', '.join(OFFICIAL_FILES)}"
+        )
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+    if not 0.0 <= think_share <= 1.0:
+        raise ValueError(f"think_share must be from 0 to 1, got {think_share}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = out / "images"
+
+    def stream() -> Iterator[Task]:
+        tasks = iter_tasks("train", seed, size, size)
+        return (task for task in tasks if max_steps is None or len(task.steps) <= max_steps)
+
+    paths: dict[str, Path] = {}
+    if "planner_sft.json" in files:
+        tasks = list(itertools.islice(stream(), count))
+        save_tasks(tasks, out / "tasks.jsonl")
+        paths["planner_sft"] = write_planner_sft(
+            out / "planner_sft.json", planner_examples(tasks), image_dir=images
+        )
+    if {"critic_sft.json", "critic_rl.jsonl"} & set(files):
+        judged = _judged_attempts(stream(), out / "storyboards", count)
+        sft, rl = relabel_critic(judged)
+        rng = random.Random(f"sandbox-teacher:{seed}")
+        sft = [replace(e, verdict=_reasoning(e.verdict, rng.random() < think_share, brief)) for e in sft]
+        if "critic_sft.json" in files:
+            paths["critic_sft"] = write_critic_sft(out / "critic_sft.json", sft, image_dir=images)
+        if "critic_rl.jsonl" in files:
+            paths["critic_rl"] = write_critic_rl(out / "critic_rl.jsonl", rl, image_dir=images)
+    return paths
+
+
+def _reasoning(verdict, think: bool, brief: bool):
+    if not think:
+        return replace(verdict, reasoning="")
+    return replace(verdict, reasoning="Done." if verdict.accepted else "Not done.") if brief else verdict
+
+
+def _judged_attempts(tasks: Iterator[Task], folder: Path, count: int) -> list:
+    """The first ``count`` judged attempts of the rollouts of ``tasks``, rolled out a batch at a time."""
+    from ..training.data import read_storyboards
+
+    judged: list = []
+    for batch in itertools.count():
+        # A story gives about three judged attempts: half as many stories as rows missing rarely overshoot.
+        chunk = [t for t in itertools.islice(tasks, max(4, (count - len(judged)) // 2)) if t.makes_images]
+        if chunk:
+            found, _ = read_storyboards(rollouts(chunk, folder / f"batch{batch}"), "critic")
+            judged += found
+        if len(judged) >= count:
+            return judged[:count]
 
 
 def tokenizer_text(count: int = 300, seed: int = 0) -> list[str]:
@@ -259,4 +350,13 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["build", "planner_examples", "relabel_critic", "relabel_planner", "rollouts", "tokenizer_text"]
+__all__ = [
+    "OFFICIAL_FILES",
+    "build",
+    "planner_examples",
+    "relabel_critic",
+    "relabel_planner",
+    "rollouts",
+    "tokenizer_text",
+    "write_sets",
+]

@@ -27,7 +27,24 @@ def tiny_pipeline_dir(tmp_path_factory):
     return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
 
 
-# -- trained tiny agents, shared by the training and export tests ---------------------------------------------
+@pytest.fixture(scope="session")
+def sandbox_examples(tmp_path_factory):
+    """Planner, Critic and Critic RL examples of the sandbox teacher (64x64 pictures), made once: the
+    rollouts of a few train tasks through the refine loop, every judged attempt labelled by the oracle."""
+    from types import SimpleNamespace
+
+    from interleave_thinker.sandbox import teacher
+    from interleave_thinker.sandbox.tasks import make_tasks
+    from interleave_thinker.training.data import read_storyboards
+
+    tasks = make_tasks("train", 16, seed=0, width=64, height=64)
+    stories = teacher.rollouts(tasks, tmp_path_factory.mktemp("sandbox") / "storyboards")
+    judged, _ = read_storyboards(stories, "critic")
+    critic, rl = teacher.relabel_critic(judged)
+    return SimpleNamespace(planner=teacher.planner_examples(tasks), critic=critic, rl=rl)
+
+
+# -- trained tiny agents, shared by the training and export tests --------------------------------------------
 
 
 def _training_profile(name: str, **overrides) -> dict:

@@ -1,4 +1,4 @@
-"""Export: merged bf16 shards, processor and metadata in ComfyUI's models/LLM folder, and the loop closing on them."""
+"""Export: merged bf16 shards, processor and metadata in models/LLM, and the loop closing on them."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from interleave_thinker.core.agents.base import Decoding
 from interleave_thinker.core.agents.transformers_agent import TransformersAgent
 from interleave_thinker.core.loop import LoopConfig, run_story
 from interleave_thinker.core.storyboard import ACCEPTED, REJECTED, Storyboard
+from interleave_thinker.sandbox.generator import SandboxGenerator
 from interleave_thinker.training.data import read_storyboards
 from interleave_thinker.training.export import METADATA, ExportError, comfyui_target, export_model, main
-from interleave_thinker.training.synthetic import ShapesGenerator
 
 SHARD = 300_000  # bytes: small enough that the tiny model needs two shards
 
@@ -59,14 +59,14 @@ def test_exported_agents_drive_the_engine_and_their_storyboard_feeds_training(
         export_model(grpo_critic.final_dir, critic_dir)
 
     # The engine's transformers backend loads the folders and runs a whole story with them.
-    planner = TransformersAgent(planner_dir, decoding=Decoding(max_new_tokens=200))
-    critic = TransformersAgent(critic_dir, decoding=Decoding(max_new_tokens=64))
+    planner = TransformersAgent(planner_dir, decoding=Decoding(max_new_tokens=256))
+    critic = TransformersAgent(critic_dir, decoding=Decoding(max_new_tokens=80))
     story = run_story(
-        "Draw a red circle, then add a blue square.",
+        "Build a scene in 2 steps: draw a large red circle at the centre; add a small blue square at the top",
         planner,
-        ShapesGenerator(),
+        SandboxGenerator(),
         critic,
-        config=LoopConfig(width=64, height=64, max_attempts=2),
+        config=LoopConfig(width=96, height=96, max_attempts=2),
     )
     assert story.images
     judged = [a for a in story.attempts if a.status in (ACCEPTED, REJECTED)]
@@ -93,7 +93,8 @@ def test_a_lora_adapter_is_merged_into_its_base(tmp_path, tiny_agent_dir):
             f"output_dir={tmp_path / 'run'}",
             "finetune=lora",
             "lora={r: 4, alpha: 16, dropout: 0.0}",
-            "data.train=[{format: synthetic, count: 8, size: 64}]",
+            "data.train=[{format: generated, target: 'interleave_thinker.sandbox.teacher:write_sets', "
+            "options: {count: 8, size: 64}}]",
             "trainer={max_steps: 4, per_device_train_batch_size: 2, learning_rate: 0.01, bf16: false, "
             "gradient_checkpointing: false, use_cpu: true, disable_tqdm: true}",
         ],

@@ -1,4 +1,4 @@
-"""The Critic's GRPO reward on hand-written completions: every case of the formula, and every way to abstain."""
+"""The Critic's GRPO reward on hand-written completions: every case of the formula, every way to abstain."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 from helpers import ScriptedAgent
 
 from interleave_thinker.core.messages import white_canvas
+from interleave_thinker.sandbox.generator import SandboxGenerator
+from interleave_thinker.sandbox.judge import SandboxJudge
 from interleave_thinker.training.judge import AgentJudge
 from interleave_thinker.training.rewards import (
     CriticReward,
@@ -19,12 +21,15 @@ from interleave_thinker.training.rewards import (
     check_format,
     improvement,
 )
-from interleave_thinker.training.synthetic import RuleJudge, ShapesGenerator
 
 WHITE = white_canvas(64, 64)
-# The step asked for a red circle; the rejected picture drew a blue one (the rule judge gave it 0 and 9).
-FAILED = StepCase("a red circle", "a blue circle", WHITE, False, 0.0, 9.0)
-PASSED = StepCase("a red circle", "a red circle", WHITE, True, 10.0, 9.0)
+STEP = "draw a large red circle at the centre"
+FIX = "draw a large red circle at the centre; nothing else"  # precise: the sandbox generator draws it right
+WRONG = "draw a large red circle at the top left; nothing else"
+# The step asked for a red circle at the centre; the rejected picture has it at the top left (the sandbox
+# judge gives it semantics 0 and quality 10).
+FAILED = StepCase(STEP, WRONG, WHITE, False, 0.0, 10.0)
+PASSED = StepCase(STEP, FIX, WHITE, True, 10.0, 10.0)
 
 
 def answer(accepted: bool, prompt: str, think: str | None = "I compared the pictures.") -> str:
@@ -32,8 +37,8 @@ def answer(accepted: bool, prompt: str, think: str | None = "I compared the pict
     return (f"<think>{think}</think>" if think is not None else "") + f"<answer>{body}</answer>"
 
 
-class CountingGenerator(ShapesGenerator):
-    """The shapes generator, counting calls and the most calls running at once."""
+class CountingGenerator(SandboxGenerator):
+    """The sandbox generator, counting calls and the most calls running at once."""
 
     def __init__(self, delay: float = 0.0):
         super().__init__()
@@ -43,28 +48,28 @@ class CountingGenerator(ShapesGenerator):
         self.most = 0
         self._lock = threading.Lock()
 
-    def _draw(self, image, prompt, seed):
+    def carry_out(self, prompt, scene, seed):
         with self._lock:
             self.calls += 1
             self.running += 1
             self.most = max(self.most, self.running)
         try:
             time.sleep(self.delay)
-            return super()._draw(image, prompt, seed)
+            return super().carry_out(prompt, scene, seed)
         finally:
             with self._lock:
                 self.running -= 1
 
 
-class BrokenGenerator(ShapesGenerator):
-    def _draw(self, image, prompt, seed):
+class BrokenGenerator(SandboxGenerator):
+    def carry_out(self, prompt, scene, seed):
         raise RuntimeError("the server answered 500")
 
 
 def score(texts, cases, **kwargs):
     kwargs.setdefault("concurrency", 2)
     reward = CriticReward(
-        kwargs.pop("generator", ShapesGenerator()), kwargs.pop("judge", RuleJudge()), **kwargs
+        kwargs.pop("generator", SandboxGenerator()), kwargs.pop("judge", SandboxJudge()), **kwargs
     )
     try:
         return reward, reward.score_sync(texts, cases)
@@ -109,7 +114,7 @@ def test_improvement_maps_score_changes_to_zero_one():
     assert improvement(8, 5) == pytest.approx(0.65)
 
 
-# -- the paper's formula, case by case -------------------------------------------------------------------------
+# -- the paper's formula, case by case -----------------------------------------------------------------------
 
 
 def test_bad_format_scores_zero_without_calling_the_generator():
@@ -121,53 +126,50 @@ def test_bad_format_scores_zero_without_calling_the_generator():
 
 def test_right_and_wrong_verdicts_on_a_passed_step():
     generator = CountingGenerator()
-    _, (right, wrong) = score(
-        [answer(True, "a red circle"), answer(False, "a red circle")], [PASSED, PASSED], generator=generator
-    )
-    # 0.5*F + 0.5*(0.2*A + 0.6*0.5 + 0.2*0.5): a passed step needs no new picture, both step parts are neutral.
+    _, (right, wrong) = score([answer(True, FIX), answer(False, FIX)], [PASSED, PASSED], generator=generator)
+    # 0.5*F + 0.5*(0.2*A + 0.6*0.5 + 0.2*0.5): a passed step needs no new picture, both step parts neutral.
     assert right.total == pytest.approx(0.8)
     assert wrong.total == pytest.approx(0.7)
     assert generator.calls == 0
 
 
 def test_a_refined_prompt_that_fixes_the_step_earns_the_improvement():
-    _, [fixed, repeated] = score(
-        [answer(False, "a red circle"), answer(False, "a blue circle")], [FAILED, FAILED]
-    )
-    # The fix draws the red circle: semantics 10 against the rejected picture's 0, quality unchanged at 9.
-    assert (fixed.judge_semantics, fixed.judge_quality) == (10.0, 9.0)
+    _, [fixed, repeated] = score([answer(False, FIX), answer(False, WRONG)], [FAILED, FAILED])
+    # The fix draws the circle at the centre: semantics 10 against the rejected picture's 0, same quality.
+    assert (fixed.judge_semantics, fixed.judge_quality) == (10.0, 10.0)
     assert fixed.semantics == 1.0 and fixed.quality == 0.5
     assert fixed.total == pytest.approx(0.5 + 0.5 * (0.2 + 0.6 * 1.0 + 0.2 * 0.5))
-    # Repeating the failed prompt draws the same wrong colour: no improvement.
+    # Repeating the failed prompt draws the same wrong place: no improvement.
     assert repeated.total == pytest.approx(0.5 + 0.5 * (0.2 + 0.6 * 0.5 + 0.2 * 0.5))
     assert fixed.total > repeated.total
 
 
 def test_a_wrong_verdict_on_a_failed_step_still_tests_its_prompt():
-    _, [result] = score([answer(True, "a blue circle")], [FAILED])
-    assert result.accuracy == 0.0 and result.tested_prompt == "a blue circle"
+    _, [result] = score([answer(True, WRONG)], [FAILED])
+    assert result.accuracy == 0.0 and result.tested_prompt == WRONG
     assert result.total == pytest.approx(0.5 + 0.5 * (0.0 + 0.6 * 0.5 + 0.2 * 0.5))
 
 
 def test_an_empty_refined_prompt_retries_the_prompt_used():
     _, [result] = score([answer(False, "")], [FAILED])
-    assert result.tested_prompt == "a blue circle"
+    assert result.tested_prompt == WRONG
 
 
-def test_a_keyword_stuffed_prompt_loses_quality():
-    stuffed = (
-        "a red circle, masterpiece, best quality, ultra detailed, sharp focus, award winning, trending on "
-        "every site, 8k, highly intricate"
-    )
-    _, [result] = score([answer(False, stuffed)], [FAILED])
-    assert result.judge_semantics == 10.0 and result.judge_quality < 9.0
-    assert result.quality < 0.5
+def test_a_fix_that_costs_picture_quality_loses_the_quality_part():
+    class Harsh(SandboxJudge):
+        def quality(self, image):
+            return 4.0
+
+    _, [result] = score([answer(False, FIX)], [FAILED], judge=Harsh())
+    assert result.judge_semantics == 10.0 and result.judge_quality == 4.0
+    assert result.quality == pytest.approx(0.2)  # from the rejected picture's 10 down to 4
+    assert result.total == pytest.approx(0.5 + 0.5 * (0.2 + 0.6 * 1.0 + 0.2 * 0.2))
 
 
 def test_weights_are_configurable():
     weights = RewardWeights(format=1.0, accuracy=0.0, semantics=0.0, quality=0.0)
     _, results = score(
-        [answer(True, "x"), answer(False, "a blue circle"), "nonsense"],
+        [answer(True, "x"), answer(False, WRONG), "nonsense"],
         [PASSED, FAILED, FAILED],
         weights=weights,
     )
@@ -178,12 +180,12 @@ def test_weights_are_configurable():
         RewardWeights.from_dict({"format": -1})
 
 
-# -- abstaining: no score rather than a made-up one ------------------------------------------------------------
+# -- abstaining: no score rather than a made-up one ----------------------------------------------------------
 
 
 def test_a_failing_generator_abstains_for_its_completions_only():
     reward, (failed, passed) = score(
-        [answer(False, "a red circle"), answer(True, "a red circle")],
+        [answer(False, FIX), answer(True, FIX)],
         [FAILED, PASSED],
         generator=BrokenGenerator(),
     )
@@ -194,40 +196,40 @@ def test_a_failing_generator_abstains_for_its_completions_only():
 
 def test_a_judge_answer_that_does_not_parse_abstains():
     judge = AgentJudge(ScriptedAgent(["The picture is quite good, maybe 7 out of 10."], name="chatty"))
-    _, [result] = score([answer(False, "a red circle")], [FAILED], judge=judge)
+    _, [result] = score([answer(False, FIX)], [FAILED], judge=judge)
     assert result.total is None
     assert "judge failed" in result.abstained and "not one JSON object" in result.abstained
 
 
 def test_a_judge_score_out_of_range_abstains():
-    class Generous(RuleJudge):
+    class Generous(SandboxJudge):
         def semantics(self, before, after, instruction):
             return 11.0
 
-    _, [result] = score([answer(False, "a red circle")], [FAILED], judge=Generous())
+    _, [result] = score([answer(False, FIX)], [FAILED], judge=Generous())
     assert result.total is None and "not a number from 0 to 10" in result.abstained
 
 
 def test_a_generator_that_times_out_abstains():
     reward, [result] = score(
-        [answer(False, "a red circle")], [FAILED], generator=CountingGenerator(delay=1.0), timeout=0.1
+        [answer(False, FIX)], [FAILED], generator=CountingGenerator(delay=1.0), timeout=0.1
     )
     assert result.total is None and "within 0.1 s" in result.abstained
     assert reward.stats["generator_timeouts"] == 1
 
 
 def test_a_missing_before_image_abstains(tmp_path):
-    case = StepCase("a red circle", "a blue circle", str(tmp_path / "gone.png"), False, 0.0, 9.0)
-    _, [result] = score([answer(False, "a red circle")], [case])
+    case = StepCase(STEP, WRONG, str(tmp_path / "gone.png"), False, 0.0, 10.0)
+    _, [result] = score([answer(False, FIX)], [case])
     assert result.total is None and "before image" in result.abstained
 
 
-# -- caching and concurrency -----------------------------------------------------------------------------------
+# -- caching and concurrency ---------------------------------------------------------------------------------
 
 
 def test_repeated_prompts_generate_once_and_the_cache_survives_a_restart(tmp_path):
     generator = CountingGenerator()
-    texts = [answer(False, "a red circle")] * 4 + [answer(False, "a green circle")] * 4
+    texts = [answer(False, FIX)] * 4 + [answer(False, FIX.replace("red", "green"))] * 4
     reward, results = score(texts, [FAILED] * 8, generator=generator, cache_dir=tmp_path)
     assert generator.calls == 2
     assert len({r.total for r in results[:4]}) == 1
@@ -241,20 +243,18 @@ def test_repeated_prompts_generate_once_and_the_cache_survives_a_restart(tmp_pat
 def test_calls_run_in_parallel_within_the_bound():
     generator = CountingGenerator(delay=0.2)
     colours = ["red", "green", "blue", "yellow", "purple", "orange"]
-    texts = [answer(False, f"a {c} circle") for c in colours]
-    started = time.perf_counter()
+    texts = [answer(False, FIX.replace("red", c)) for c in colours]
     _, results = score(texts, [FAILED] * 6, generator=generator, concurrency=2)
-    assert generator.calls == 6 and generator.most == 2
-    assert time.perf_counter() - started < 6 * 0.2  # not one at a time
+    assert generator.calls == 6 and generator.most == 2  # two at a time: never one by one, never more
     assert all(r.total is not None for r in results)
 
 
 def test_the_trl_entry_point_reads_the_dataset_columns_and_logs():
-    reward = CriticReward(ShapesGenerator(), RuleJudge())
+    reward = CriticReward(SandboxGenerator(), SandboxJudge())
     logged: dict[str, float] = {}
     extra: dict[str, list] = {}
     completions = [
-        [{"role": "assistant", "content": answer(False, "a red circle")}],
+        [{"role": "assistant", "content": answer(False, FIX)}],
         [{"role": "assistant", "content": "no idea"}],
     ]
     try:
@@ -262,12 +262,12 @@ def test_the_trl_entry_point_reads_the_dataset_columns_and_logs():
             reward(
                 prompts=[[], []],
                 completions=completions,
-                origin_prompt=["a red circle"] * 2,
-                rewritten_prompt=["a blue circle"] * 2,
+                origin_prompt=[STEP] * 2,
+                rewritten_prompt=[WRONG] * 2,
                 before_image=[WHITE, WHITE],
                 label_success=[False, False],
                 label_semantics=[0.0, 0.0],
-                label_quality=[9.0, 9.0],
+                label_quality=[10.0, 10.0],
                 log_metric=logged.__setitem__,
                 log_extra=extra.__setitem__,
                 trainer_state=None,
@@ -277,16 +277,16 @@ def test_the_trl_entry_point_reads_the_dataset_columns_and_logs():
         reward.close()
     assert totals == [pytest.approx(0.95), 0.0]
     assert logged["critic/format"] == 0.5 and logged["critic/abstained"] == 0.0
-    assert extra["tested_prompt"] == ["a red circle", ""]
+    assert extra["tested_prompt"] == [FIX, ""]
     assert reward.__name__ == "critic_reward"  # the name TRL logs the reward under
 
 
 def test_only_the_latest_pictures_stay_in_memory(tmp_path):
-    reward = CriticReward(ShapesGenerator(), RuleJudge(), cache_dir=tmp_path)
+    reward = CriticReward(SandboxGenerator(), SandboxJudge(), cache_dir=tmp_path)
     reward.cache.images_in_memory = 2
     colours = ["red", "green", "blue", "yellow"]
     try:
-        reward.score_sync([answer(False, f"a {c} circle") for c in colours], [FAILED] * 4)
+        reward.score_sync([answer(False, FIX.replace("red", c)) for c in colours], [FAILED] * 4)
     finally:
         reward.close()
     in_memory = [v for v in reward.cache.memory.values() if not isinstance(v, float)]

@@ -13,6 +13,7 @@ from interleave_thinker.training import config
 from interleave_thinker.training.grpo import GRPOSettings
 
 CONFIGS = Path(training.__file__).resolve().parent / "configs"
+GENERATED = {"format": "generated", "target": "interleave_thinker.sandbox.teacher:write_sets"}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -98,6 +99,11 @@ def test_settings_name_what_is_wrong():
         ({"data": {"train": []}}, "lists no source"),
         ({"data": {"train": [{"format": "parquet", "path": "x"}]}}, "data format must be one of"),
         ({"data": {"train": [{"format": "sharegpt"}]}}, "needs a path"),
+        ({"data": {"train": [{"format": "generated"}]}}, "needs target: 'package.module:function'"),
+        ({"data": {"train": [{"format": "generated", "target": "teacher"}]}}, "must look like"),
+        ({"data": {"train": [{**GENERATED, "path": "x"}]}}, "leave out path and image_dir"),
+        ({"data": {"train": [{**GENERATED, "options": [8]}]}}, "mapping of keyword arguments"),
+        ({"data": {"train": [{"format": "sharegpt", "path": "x", "options": {"count": 8}}]}}, "belong to"),
         ({"data": {"train": [{"format": "sharegpt", "path": "x"}], "on_bad_row": "ignore"}}, "skip or error"),
         ({"lora": {"rank": 4}}, "unknown key"),
     ]:
@@ -112,7 +118,7 @@ def test_the_tiny_model_is_built_once_into_the_run_folder(tmp_path):
         "role": "critic",
         "model": "tiny",
         "output_dir": str(tmp_path),
-        "data": {"train": [{"format": "synthetic"}]},
+        "data": {"train": [GENERATED]},
     }
     folder = model_folder(config.RunSettings.from_dict(base))
     assert folder == tmp_path / "tiny-base" and (folder / "config.json").is_file()

@@ -1,5 +1,5 @@
 """Training data: the official formats written and read back, rendering through the engine, bad rows named by
-file and line, storyboards as training data, and the synthetic shapes world."""
+file and line, storyboards as training data, and data generated for a run by a function."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from interleave_thinker.core.loop import LoopConfig, run_story
 from interleave_thinker.core.messages import critic_messages, planner_messages, white_canvas
 from interleave_thinker.core.prompts import load_template
 from interleave_thinker.core.protocol import Verdict
+from interleave_thinker.sandbox.generator import SandboxGenerator
+from interleave_thinker.training.config import ConfigError, RunSettings
 from interleave_thinker.training.data import (
     CriticExample,
     CriticRLExample,
@@ -28,15 +30,7 @@ from interleave_thinker.training.data import (
     write_critic_sft,
     write_planner_sft,
 )
-from interleave_thinker.training.judge import JudgeError
-from interleave_thinker.training.synthetic import (
-    COLOURS,
-    RuleJudge,
-    ShapesGenerator,
-    make_critic_examples,
-    make_planner_examples,
-    make_rl_examples,
-)
+from interleave_thinker.training.runs import read_sources
 
 
 def pixels(path_or_image):
@@ -50,11 +44,11 @@ def dump_rows(path, rows):
     return path
 
 
-# -- writers and readers ---------------------------------------------------------------------------------------
+# -- writers and readers -------------------------------------------------------------------------------------
 
 
-def test_planner_sft_round_trip(tmp_path):
-    examples = make_planner_examples(12, seed=3)
+def test_planner_sft_round_trip(tmp_path, sandbox_examples):
+    examples = sandbox_examples.planner[:12]
     path = write_planner_sft(tmp_path / "planner_sft.json", examples)
     rows = json.loads(path.read_text(encoding="utf-8"))
     assert [m["role"] for m in rows[0]["messages"]] == ["user", "assistant"]
@@ -69,8 +63,8 @@ def test_planner_sft_round_trip(tmp_path):
     assert {e.mode for e in read} == {"narrative", "guidance"}
 
 
-def test_critic_sft_round_trip_in_the_official_shape(tmp_path):
-    examples = make_critic_examples(6, seed=1)
+def test_critic_sft_round_trip_in_the_official_shape(tmp_path, sandbox_examples):
+    examples = sandbox_examples.critic[:6]
     path = write_critic_sft(tmp_path / "critic_sft.json", examples)
     row = json.loads(path.read_text(encoding="utf-8"))[0]
     assert row["messages"][0]["content"].startswith("<image><image>")
@@ -88,8 +82,8 @@ def test_critic_sft_round_trip_in_the_official_shape(tmp_path):
         assert (pixels(back.after) == pixels(original.after)).all()
 
 
-def test_critic_rl_round_trip_with_the_official_keys(tmp_path):
-    examples = make_rl_examples(5, seed=2)
+def test_critic_rl_round_trip_with_the_official_keys(tmp_path, sandbox_examples):
+    examples = sandbox_examples.rl[:5]
     path = write_critic_rl(tmp_path / "critic_rl.jsonl", examples)
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 5
@@ -209,11 +203,11 @@ def test_images_over_the_pixel_budget_are_shrunk(tmp_path):
     assert all(w * h <= 64 * 64 for w, h in (image.size for image in rows[0]["images"]))
 
 
-# -- bad rows: reported with their file and line, skipped or fatal ---------------------------------------------
+# -- bad rows: reported with their file and line, skipped or fatal -------------------------------------------
 
 
-def test_bad_sharegpt_rows_are_named_by_file_and_line(tmp_path):
-    good = json.loads(write_critic_sft(tmp_path / "good.json", make_critic_examples(1)).read_text())[0]
+def test_bad_sharegpt_rows_are_named_by_file_and_line(tmp_path, sandbox_examples):
+    good = json.loads(write_critic_sft(tmp_path / "good.json", sandbox_examples.critic[:1]).read_text())[0]
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
     rows = [
         good,
@@ -241,8 +235,8 @@ def test_bad_sharegpt_rows_are_named_by_file_and_line(tmp_path):
         read_critic_sft(path, on_bad_row="error")
 
 
-def test_bad_rl_rows_are_named_by_file_and_line(tmp_path):
-    path = write_critic_rl(tmp_path / "critic_rl.jsonl", make_rl_examples(1))
+def test_bad_rl_rows_are_named_by_file_and_line(tmp_path, sandbox_examples):
+    path = write_critic_rl(tmp_path / "critic_rl.jsonl", sandbox_examples.rl[:1])
     good = json.loads(path.read_text())
     lines = [
         json.dumps(good),
@@ -270,8 +264,8 @@ def test_bad_rl_rows_are_named_by_file_and_line(tmp_path):
     assert "not valid JSON" in found[2] and "nowhere.png" in found[7]
 
 
-def test_a_json_array_that_breaks_mid_file_is_fatal_with_its_line(tmp_path):
-    good = json.loads(write_critic_sft(tmp_path / "good.json", make_critic_examples(1)).read_text())[0]
+def test_a_json_array_that_breaks_mid_file_is_fatal_with_its_line(tmp_path, sandbox_examples):
+    good = json.loads(write_critic_sft(tmp_path / "good.json", sandbox_examples.critic[:1]).read_text())[0]
     path = tmp_path / "cut.json"
     path.write_text("[\n" + json.dumps(good) + ",\n" + json.dumps(good)[:-30] + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=rf"{path}:3: not valid JSON"):
@@ -280,22 +274,21 @@ def test_a_json_array_that_breaks_mid_file_is_fatal_with_its_line(tmp_path):
         read_critic_sft(tmp_path / "absent.json")
 
 
-# -- storyboards: the engine's own runs as training data --------------------------------------------------------
+# -- storyboards: the engine's own runs as training data -----------------------------------------------------
+
+
+FIRST, SECOND = "draw a large red circle at the centre", "add a small blue square at the top left"
+FIXED = "draw a large red circle at the centre; nothing else"
 
 
 def make_story(folder, *, width=64):
-    planner = ScriptedAgent([plan_text("a red circle", "add a blue square")])
-    critic = ScriptedAgent(
-        [
-            verdict_text(False, "a bright red circle"),
-            verdict_text(True, "a bright red circle"),
-            verdict_text(True, "add a blue square"),
-        ]
-    )
+    planner = ScriptedAgent([plan_text(FIRST, SECOND)])
+    verdicts = [verdict_text(False, FIXED), verdict_text(True, FIXED), verdict_text(True, SECOND)]
+    critic = ScriptedAgent(verdicts)
     story = run_story(
-        "Draw a red circle, then add a blue square.",
+        f"Build a scene in 2 steps: {FIRST}; {SECOND}.",
         planner,
-        ShapesGenerator(),
+        SandboxGenerator(),
         critic,
         config=LoopConfig(width=width, height=width, max_attempts=3),
     )
@@ -309,8 +302,8 @@ def test_every_judged_attempt_of_a_storyboard_is_a_critic_example(tmp_path):
     first, retry, second = examples
     assert (pixels(first.before) == 255).all() and first.before.size == (64, 64)
     assert first.verdict.accepted is False and retry.verdict.accepted is True
-    assert (first.original_instruction, first.prompt_used) == ("a red circle", "a red circle")
-    assert (retry.original_instruction, retry.prompt_used) == ("a red circle", "a bright red circle")
+    assert (first.original_instruction, first.prompt_used) == (FIRST, FIRST)
+    assert (retry.original_instruction, retry.prompt_used) == (FIRST, FIXED)
     assert (pixels(second.before) == pixels(story.steps[0].image)).all()  # step 2 edits step 1's kept image
     assert (pixels(second.after) == pixels(story.steps[1].image)).all()
     [plan], _ = read_storyboards(folder, "planner")
@@ -318,11 +311,11 @@ def test_every_judged_attempt_of_a_storyboard_is_a_critic_example(tmp_path):
 
 
 def test_unchecked_attempts_are_left_out_and_damaged_storyboards_reported(tmp_path):
-    planner = ScriptedAgent([plan_text("a red circle")])
+    planner = ScriptedAgent([plan_text(FIRST)])
     story = run_story(
-        "Draw a red circle.",
+        f"Build a scene in 1 step: {FIRST}.",
         planner,
-        ShapesGenerator(),
+        SandboxGenerator(),
         ScriptedAgent(["no verdict here"]),
         config=LoopConfig(width=64, height=64, max_attempts=2, critic_tries=1),
     )
@@ -337,33 +330,53 @@ def test_unchecked_attempts_are_left_out_and_damaged_storyboards_reported(tmp_pa
         read_storyboards(tmp_path, "critic", on_bad_row="error")
 
 
-# -- the synthetic shapes world -------------------------------------------------------------------------------
+# -- data generated for the run by a function ----------------------------------------------------------------
+
+TEACHER = "interleave_thinker.sandbox.teacher:write_sets"
 
 
-def test_the_shapes_generator_draws_what_the_prompt_names():
-    generator = ShapesGenerator()
-    picture = generator.text_to_image("a red circle", width=64, height=64, seed=1)
-    assert (np.abs(pixels(picture) - COLOURS["red"]).sum(-1) < 40).mean() > 0.05
-    assert generator.text_to_image("a red circle", width=64, height=64, seed=1) == picture  # deterministic
-    edited = generator.edit(picture, "add a blue square", seed=2)
-    assert (np.abs(pixels(edited) - COLOURS["blue"]).sum(-1) < 40).mean() > 0.05
-    assert edited.size == picture.size
+def generated(tmp_path, role, kind, **source):
+    settings = RunSettings.from_dict(
+        {
+            "role": role,
+            "model": "m",
+            "output_dir": str(tmp_path),
+            "data": {"train": [{"format": "generated", "target": TEACHER, **source}]},
+        }
+    )
+    return read_sources(settings.data.train, role, kind, settings, Templates.load())
 
 
-def test_the_rule_judge_scores_by_colour_and_refuses_what_it_cannot_judge():
-    judge, generator, white = RuleJudge(), ShapesGenerator(), white_canvas(64, 64)
-    red = generator.text_to_image("a red circle", width=64, height=64, seed=0)
-    blue = generator.text_to_image("a blue circle", width=64, height=64, seed=0)
-    assert judge.semantics(white, red, "a red circle") == 10.0
-    assert judge.semantics(white, blue, "a red circle") == 0.0
-    assert judge.quality(red) == 9.0
-    wordy = generator.text_to_image("a red circle " + "very " * 20, width=64, height=64, seed=0)
-    assert judge.quality(wordy) < 9.0
-    with pytest.raises(JudgeError):
-        judge.semantics(white, red, "make it nicer")
+def write_nothing(folder, files, **options):
+    """A data function that forgets to write."""
 
 
-def test_rl_labels_agree_with_the_judge():
-    examples = make_rl_examples(12, seed=4)
-    assert {e.success for e in examples} == {True, False}
-    assert all((e.semantics == 10.0) == e.success for e in examples if isinstance(e, CriticRLExample))
+def test_a_generated_source_writes_the_file_the_run_reads(tmp_path):
+    plans, report = generated(
+        tmp_path / "planner", "planner", "sft", options={"count": 12, "size": 64, "max_steps": 2}
+    )
+    assert report.kept == 12 and not report.bad
+    assert all(len(e.plan.steps) <= 2 for e in plans) and {e.mode for e in plans} == {"narrative", "guidance"}
+    [folder] = (tmp_path / "planner" / "data").iterdir()
+    assert (folder / "planner_sft.json").is_file()
+    assert not (folder / "critic_sft.json").exists() and not (folder / "storyboards").exists()  # no rollouts
+    verdicts, _ = generated(tmp_path / "critic", "critic", "sft", options={"count": 10, "think_share": 0.0})
+    assert len(verdicts) == 10 and not any(e.verdict.reasoning for e in verdicts)
+    assert {e.verdict.accepted for e in verdicts} == {True, False}
+    rows, _ = generated(tmp_path / "rl", "critic", "rl", options={"count": 7, "seed": 3})
+    assert len(rows) == 7 and all(isinstance(e, CriticRLExample) for e in rows)
+    again, _ = generated(tmp_path / "rl", "critic", "rl", options={"count": 7, "seed": 3})
+    assert [e.original_instruction for e in again] == [e.original_instruction for e in rows]
+
+
+def test_a_generated_source_that_cannot_write_says_why_and_leaves_nothing(tmp_path):
+    for source, message in [
+        ({"options": {"cout": 3}}, "options of .*write_sets.*unexpected keyword argument 'cout'"),
+        ({"options": {"count": 0}}, "data source .*write_sets: count must be at least 1"),
+        ({"options": {"think_share": 2}}, "think_share must be from 0 to 1"),
+        ({"target": "interleave_thinker.sandbox.teacher:absent"}, "cannot import"),
+        ({"target": f"{__name__}:write_nothing"}, "wrote no critic_sft.json, which this sft run reads"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            generated(tmp_path, "critic", "sft", **source)
+    assert not list((tmp_path / "data").iterdir())  # no half-written folder is left behind

@@ -1,4 +1,4 @@
-"""GRPO on the SFT'd tiny Critic with the shapes generator and the rule judge in the reward loop."""
+"""GRPO on the SFT'd tiny Critic with the sandbox generator and the oracle judge in the reward loop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from safetensors.numpy import load_file
 
 from interleave_thinker.training import config
 from interleave_thinker.training.curves import read_metrics
-from interleave_thinker.training.grpo import GRPOSettings
+from interleave_thinker.training.grpo import GeneratorSettings, GRPOSettings, build_generator, build_judge
 from interleave_thinker.training.runs import RUN_INFO
 
 WINDOW = 8
@@ -41,10 +41,30 @@ def test_grpo_raises_the_reward_and_changes_the_weights(grpo_critic, trained_cri
 
 
 def test_grpo_settings_are_checked_before_training():
+    from interleave_thinker.sandbox.generator import SandboxGenerator
+    from interleave_thinker.sandbox.judge import SandboxJudge
+
     base = config.load(
-        None, ["role=critic", "model=m", "output_dir=o", "data.train=[{format: critic_rl, path: x}]"]
+        None,
+        [
+            "role=critic",
+            "model=m",
+            "output_dir=o",
+            "data.train=[{format: critic_rl, path: x}]",
+            "generator={kind: import, target: 'interleave_thinker.sandbox.generator:SandboxGenerator'}",
+            "judge={kind: import, target: 'interleave_thinker.sandbox.judge:SandboxJudge'}",
+        ],
     )
-    assert GRPOSettings.from_dict(base).generator.kind == "shapes"
+    settings = GRPOSettings.from_dict(base)
+    assert isinstance(build_generator(settings.generator), SandboxGenerator)  # imported as the config says
+    assert isinstance(build_judge(settings.judge), SandboxJudge)
+    for section in ("generator", "judge"):
+        with pytest.raises(config.ConfigError, match=f"GRPO needs a '{section}' section"):
+            GRPOSettings.from_dict({k: v for k, v in base.items() if k != section})
+    with pytest.raises(config.ConfigError, match="must look like 'package.module:Class'"):
+        GRPOSettings.from_dict({**base, "generator": {"kind": "import", "target": "SandboxGenerator"}})
+    with pytest.raises(config.ConfigError, match="cannot import"):
+        build_generator(GeneratorSettings("import", target="interleave_thinker.sandbox.generator:Absent"))
     with pytest.raises(config.ConfigError, match="GRPO trains the Critic"):
         GRPOSettings.from_dict({**base, "role": "planner"})
     with pytest.raises(config.ConfigError, match="generator kind must be"):

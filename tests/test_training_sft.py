@@ -1,4 +1,4 @@
-"""SFT on the tiny model: the answer format is learned, the vision tower stays frozen, the run leaves its curves."""
+"""SFT on the tiny model: the answer format is learned, the vision tower stays frozen, the curves are kept."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from interleave_thinker.training.curves import read_metrics
 from interleave_thinker.training.runs import RUN_INFO
 
 PROFILES = Path(training.__file__).resolve().parent / "configs"
+TEACHER = "interleave_thinker.sandbox.teacher:write_sets"  # the sandbox teacher's data, written for the run
 
 
 def weights(folder):
@@ -71,7 +72,7 @@ output_dir: {tmp_path / "run"}
 finetune: lora
 lora: {{r: 4, alpha: 8, dropout: 0.0}}
 data:
-  train: [{{format: synthetic, count: 8, size: 64}}]
+  train: [{{format: generated, target: "{TEACHER}", options: {{count: 8, size: 64}}}}]
 trainer: {{max_steps: 3, per_device_train_batch_size: 2, learning_rate: 1.0e-3, bf16: false,
           gradient_checkpointing: false, use_cpu: true, disable_tqdm: true}}
 """,
@@ -91,12 +92,13 @@ trainer: {{max_steps: 3, per_device_train_batch_size: 2, learning_rate: 1.0e-3, 
     assert "data file not found" in capsys.readouterr().err
 
 
-def test_the_format_check_reports_the_share_of_answers_that_parse(tmp_path, tiny_agent_dir, capsys):
+def test_the_format_check_reports_the_share_of_answers_that_parse(
+    tmp_path, tiny_agent_dir, sandbox_examples, capsys
+):
     from interleave_thinker.training.data import write_critic_sft
     from interleave_thinker.training.evaluate import is_valid, main
-    from interleave_thinker.training.synthetic import make_critic_examples
 
-    data = write_critic_sft(tmp_path / "critic.json", make_critic_examples(3))
+    data = write_critic_sft(tmp_path / "critic.json", sandbox_examples.critic[:3])
     assert (
         main(
             ["--model", str(tiny_agent_dir), "--role", "critic", "--data", str(data), "--max-new-tokens", "8"]
@@ -139,7 +141,7 @@ def test_the_same_script_runs_data_parallel_under_torchrun(tmp_path, tiny_agent_
         "--set",
         "eval.samples=0",
         "--set",
-        "data.train=[{format: synthetic, count: 16, size: 64}]",
+        f"data.train=[{{format: generated, target: '{TEACHER}', options: {{count: 16, size: 64}}}}]",
         "--set",
         "trainer.max_steps=4",
         "--set",
@@ -163,15 +165,14 @@ def test_the_same_script_runs_data_parallel_under_torchrun(tmp_path, tiny_agent_
     assert (out / "final" / "model.safetensors").is_file() and (out / "final" / RUN_INFO).is_file()
 
 
-def test_only_the_answer_is_supervised(tmp_path, tiny_agent_dir):
+def test_only_the_answer_is_supervised(tmp_path, tiny_agent_dir, sandbox_examples):
     from trl import SFTConfig, SFTTrainer
 
     from interleave_thinker.training.data import SFTRows, Templates
     from interleave_thinker.training.models import load_model, load_processor
     from interleave_thinker.training.sft import SFT_DEFAULTS
-    from interleave_thinker.training.synthetic import make_critic_examples
 
-    rows = SFTRows(make_critic_examples(2), Templates.load(), max_pixels=64 * 64)
+    rows = SFTRows(sandbox_examples.critic[:2], Templates.load(), max_pixels=64 * 64)
     args = SFTConfig(
         output_dir=str(tmp_path), use_cpu=True, bf16=False, gradient_checkpointing=False, **SFT_DEFAULTS
     )

@@ -25,15 +25,20 @@ Sections shared by ``sft`` and ``grpo``::
     trainer: {}                  # any field of trl.SFTConfig / trl.GRPOConfig
 
 Data source formats: ``sharegpt`` (Planner or Critic SFT, by role), ``critic_rl`` (GRPO), ``storyboard``
-(a saved storyboard or a folder of them) and ``synthetic`` (the shapes world, written to
-``<output_dir>/data`` first: ``count``, ``seed``, ``teacher_accuracy``, ``think_share``, ``size``).
-Relative paths are relative to the working directory.
+(a saved storyboard or a folder of them) and ``generated``: data written for the run by a function,
+``{format: generated, target: "package.module:function", options: {...}}``. Training calls
+``function(folder, files, **options)``, which writes at least the official files named in ``files``
+(``planner_sft.json``, ``critic_sft.json``, ``critic_rl.jsonl``, pictures beside them) into ``folder``, a
+fresh folder under ``<output_dir>/data``; ``interleave_thinker.sandbox.teacher:write_sets`` writes the
+sandbox teacher's data this way (the tiny profiles use it). Relative paths are relative to the working
+directory.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import re
 import subprocess
 from dataclasses import dataclass, field, fields
@@ -42,18 +47,8 @@ from typing import Any
 
 import yaml
 
-FORMATS = ("sharegpt", "critic_rl", "storyboard", "synthetic")
-_SOURCE_KEYS = {
-    "format",
-    "path",
-    "image_dir",
-    "raw_instructions",
-    "count",
-    "seed",
-    "teacher_accuracy",
-    "think_share",
-    "size",
-}
+FORMATS = ("sharegpt", "critic_rl", "storyboard", "generated")
+_SOURCE_KEYS = {"format", "path", "image_dir", "raw_instructions", "target", "options"}
 
 
 class ConfigError(ValueError):
@@ -137,23 +132,53 @@ def _build(cls, section: str, data: Any):
         raise ConfigError(f"'{section}': {error}") from None
 
 
+def check_target(target: Any, what: str = "Class") -> str:
+    """A ``package.module:name`` string, or a ConfigError that shows the form."""
+    module, _, name = target.partition(":") if isinstance(target, str) else ("", "", "")
+    if not module or not name:
+        raise ConfigError(f"target {target!r} must look like 'package.module:{what}'")
+    return target
+
+
+def import_object(target: str, what: str = "Class"):
+    """The object a ``package.module:name`` target names (a generator, a judge, a data function)."""
+    module, _, name = check_target(target, what).partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"cannot import {target}: {error}") from None
+
+
 @dataclass
 class Source:
     format: str
     path: str | None = None
     image_dir: str | None = None
     raw_instructions: bool = True
-    count: int = 200
-    seed: int = 0
-    teacher_accuracy: float = 1.0
-    think_share: float = 1.0
-    size: int = 64
+    target: str | None = None  # generated: "package.module:function"
+    options: dict[str, Any] = field(default_factory=dict)  # generated: the function's keyword arguments
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"data format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if self.format != "synthetic" and not self.path:
-            raise ValueError(f"a {self.format} source needs a path")
+        if self.format != "generated":
+            if self.target is not None or self.options:
+                raise ValueError(f"target and options belong to generated sources, not to {self.format}")
+            if not self.path:
+                raise ValueError(f"a {self.format} source needs a path")
+            return
+        if not self.target:
+            raise ValueError("a generated source needs target: 'package.module:function'")
+        if self.path or self.image_dir:
+            raise ValueError(
+                "a generated source is written for the run into <output_dir>/data; leave out path and "
+                "image_dir"
+            )
+        if self.options is None:
+            self.options = {}
+        if not isinstance(self.options, dict) or not all(isinstance(key, str) for key in self.options):
+            raise ValueError("options of a generated source must be a mapping of keyword arguments")
+        check_target(self.target, "function")
 
 
 @dataclass
@@ -259,7 +284,7 @@ class RunSettings:
 
 
 def trainer_args(config_class, settings: RunSettings, defaults: dict[str, Any]):
-    """A TRL config from the defaults and the ``trainer`` section (which wins), with a clear error for typos."""
+    """A TRL config from the defaults and the ``trainer`` section (which wins); a clear error for typos."""
     known = {f.name for f in fields(config_class)}
     unknown = sorted(set(settings.trainer) - known)
     if unknown:
@@ -279,8 +304,10 @@ def code_version() -> dict[str, str | None]:
     """The package version and, in a git checkout, the commit: recorded with every run and export."""
     from importlib import metadata
 
+    # The distribution that installed this package, whatever it is called (it was renamed once).
+    names = metadata.packages_distributions().get("interleave_thinker") or ["interleave-thinker"]
     try:
-        version = metadata.version("comfyui-interleave-thinker")
+        version = metadata.version(names[0])
     except metadata.PackageNotFoundError:
         version = None
     commit = None
@@ -308,7 +335,9 @@ __all__ = [
     "RunSettings",
     "Source",
     "apply_overrides",
+    "check_target",
     "code_version",
+    "import_object",
     "load",
     "read_yaml",
     "trainer_args",

@@ -15,15 +15,17 @@ Sections beyond those of ``sft`` (see ``config.py``)::
       require_think: false    # format needs a <think> block before the answer
       max_prompt_chars: 1000  # a longer refined prompt fails the format
     generator: {kind: diffusers, path: models/diffusers/flux2-klein, options: {steps: 4}}
-              # kind: shapes (procedural) | diffusers (path) | comfyui (url + checkpoint, or text_graph and
-              # edit_graph: API-format graph files) | import (target: "package.module:Class"); options: kwargs
+              # kind: diffusers (path) | comfyui (url + checkpoint, or text_graph and edit_graph: API-format
+              # graph files) | import (target: "package.module:Class"); options: kwargs
     judge: {kind: vlm, spec: http://127.0.0.1:8000/v1, model: judge-model, api_key_env: JUDGE_API_KEY}
-              # kind: rule (shapes world) | vlm (model folder or OpenAI-compatible URL) | import
+              # kind: vlm (model folder or OpenAI-compatible URL) | import (target, options)
+
+Both sections are required. The tiny profile imports the sandbox's procedural generator and oracle judge:
+``{kind: import, target: "interleave_thinker.sandbox.generator:SandboxGenerator"}``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -63,9 +65,13 @@ class RewardSettings:
     max_prompt_chars: int = 1000
 
 
+GENERATOR_KINDS = ("diffusers", "comfyui", "import")
+JUDGE_KINDS = ("vlm", "import")
+
+
 @dataclass
 class GeneratorSettings:
-    kind: str = "shapes"
+    kind: str | None = None
     path: str | None = None
     url: str | None = None
     checkpoint: str | None = None
@@ -75,23 +81,23 @@ class GeneratorSettings:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("shapes", "diffusers", "comfyui", "import"):
-            raise ValueError(
-                f"generator kind must be shapes, diffusers, comfyui or import, got {self.kind!r}"
-            )
+        if self.kind not in GENERATOR_KINDS:
+            raise ValueError(f"generator kind must be diffusers, comfyui or import, got {self.kind!r}")
         if self.kind == "diffusers" and not self.path:
             raise ValueError("a diffusers generator needs a path (a local pipeline folder)")
         if self.kind == "comfyui" and not (self.url and (self.checkpoint or self.text_graph)):
             raise ValueError(
                 "a comfyui generator needs url and either checkpoint or text_graph (+ edit_graph)"
             )
-        if self.kind == "import" and not self.target:
-            raise ValueError("an imported generator needs target: 'package.module:Class'")
+        if self.kind == "import":
+            if not self.target:
+                raise ValueError("an imported generator needs target: 'package.module:Class'")
+            cfg.check_target(self.target)
 
 
 @dataclass
 class JudgeSettings:
-    kind: str = "rule"
+    kind: str | None = None
     spec: str | None = None
     model: str | None = None
     api_key_env: str | None = None
@@ -103,20 +109,22 @@ class JudgeSettings:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("rule", "vlm", "import"):
-            raise ValueError(f"judge kind must be rule, vlm or import, got {self.kind!r}")
+        if self.kind not in JUDGE_KINDS:
+            raise ValueError(f"judge kind must be vlm or import, got {self.kind!r}")
         if self.kind == "vlm" and not self.spec:
             raise ValueError("a vlm judge needs spec: a model folder or an OpenAI-compatible URL")
-        if self.kind == "import" and not self.target:
-            raise ValueError("an imported judge needs target: 'package.module:Class'")
+        if self.kind == "import":
+            if not self.target:
+                raise ValueError("an imported judge needs target: 'package.module:Class'")
+            cfg.check_target(self.target)
 
 
 @dataclass
 class GRPOSettings(cfg.RunSettings):
     freeze_vision: bool = False  # the paper trains the vision tower in RL
     reward: RewardSettings = field(default_factory=RewardSettings)
-    generator: GeneratorSettings = field(default_factory=GeneratorSettings)
-    judge: JudgeSettings = field(default_factory=JudgeSettings)
+    generator: GeneratorSettings | None = None
+    judge: JudgeSettings | None = None
 
     SECTIONS = {
         **cfg.RunSettings.SECTIONS,
@@ -129,23 +137,19 @@ class GRPOSettings(cfg.RunSettings):
         super().check()
         if self.role != "critic":
             raise cfg.ConfigError("GRPO trains the Critic: set role: critic")
-
-
-def _import(target: str):
-    module, _, name = target.partition(":")
-    if not module or not name:
-        raise cfg.ConfigError(f"target {target!r} must look like 'package.module:Class'")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as error:
-        raise cfg.ConfigError(f"cannot import {target}: {error}") from None
+        if self.generator is None:
+            raise cfg.ConfigError(
+                "GRPO needs a 'generator' section to redraw rejected steps, e.g. {kind: diffusers, path: "
+                "models/diffusers/flux2-klein} or {kind: import, target: 'package.module:Class'}"
+            )
+        if self.judge is None:
+            raise cfg.ConfigError(
+                "GRPO needs a 'judge' section to score the redrawn pictures, e.g. {kind: vlm, spec: "
+                "http://127.0.0.1:8000/v1} or {kind: import, target: 'package.module:Class'}"
+            )
 
 
 def build_generator(settings: GeneratorSettings):
-    if settings.kind == "shapes":
-        from .synthetic import ShapesGenerator
-
-        return ShapesGenerator(**settings.options)
     if settings.kind == "diffusers":
         from ..core.generators.diffusers_generator import DiffusersGenerator
 
@@ -160,14 +164,10 @@ def build_generator(settings: GeneratorSettings):
         return ComfyUIServerGenerator(
             settings.url, settings.text_graph, settings.edit_graph, **settings.options
         )
-    return _import(settings.target)(**settings.options)
+    return cfg.import_object(settings.target)(**settings.options)
 
 
 def build_judge(settings: JudgeSettings):
-    if settings.kind == "rule":
-        from .synthetic import RuleJudge
-
-        return RuleJudge()
     if settings.kind == "vlm":
         from .judge import QUALITY_PROMPT, SEMANTICS_PROMPT, load_judge
 
@@ -180,7 +180,7 @@ def build_judge(settings: JudgeSettings):
             semantics_prompt=settings.semantics_prompt or SEMANTICS_PROMPT,
             quality_prompt=settings.quality_prompt or QUALITY_PROMPT,
         )
-    return _import(settings.target)(**settings.options)
+    return cfg.import_object(settings.target)(**settings.options)
 
 
 def build_reward(settings: GRPOSettings) -> CriticReward:

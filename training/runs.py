@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import logging
 import os
@@ -15,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from ..core.storyboard import replace_folder
-from .config import ConfigError, RunSettings, Source, code_version
+from ..core.files import replace_folder, temporary_name
+from .config import ConfigError, RunSettings, Source, code_version, import_object
 from .data import (
     CRITIC,
     DataError,
@@ -77,25 +79,43 @@ def model_folder(settings: RunSettings) -> Path:
     return folder
 
 
-def _synthetic_files(source: Source, role: str, kind: str, out: Path) -> Path:
-    from .synthetic import write_synthetic_sets
+def official_file(role: str, kind: str) -> str:
+    """The file a run reads: ``critic_rl.jsonl`` (GRPO), ``planner_sft.json`` or ``critic_sft.json`` (SFT)."""
+    return "critic_rl.jsonl" if kind == "rl" else f"{role}_sft.json"
 
-    folder = out / "data" / f"synthetic-{kind}-{role}-{source.seed}"
-    name = {"rl": "rl", "sft": role}[kind]
-    counts = {"planner": 0, "critic": 0, "rl": 0, name: source.count}
+
+def generated_file(source: Source, role: str, kind: str, out: Path) -> Path:
+    """Have a generated source's function write the run's data file into ``<out>/data``; return its path.
+
+    The folder is named by the target and its options, so two sources never share one; it is written under
+    a temporary name and renamed, so a crash leaves no half-written data where a later run would read it.
+    """
+    name = official_file(role, kind)
+    key = json.dumps([source.target, source.options, name], sort_keys=True, default=str)
+    folder = out / "data" / f"generated-{Path(name).stem}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     with state().main_process_first():
         if state().is_main_process:
-            write_synthetic_sets(
-                folder,
-                seed=source.seed,
-                size=source.size,
-                teacher_accuracy=source.teacher_accuracy,
-                think_share=source.think_share,
-                **counts,
-            )
-    return (
-        folder / {"planner": "planner_sft.json", "critic": "critic_sft.json", "rl": "critic_rl.jsonl"}[name]
-    )
+            function = import_object(source.target, "function")
+            try:
+                inspect.signature(function).bind(folder, (name,), **source.options)
+            except TypeError as error:
+                raise ConfigError(f"options of {source.target}: {error}") from None
+            except ValueError:
+                pass  # no signature to check (a builtin): the call itself says what is wrong
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temporary_name(folder)
+            tmp.mkdir()
+            try:
+                try:
+                    function(tmp, (name,), **source.options)
+                except ValueError as error:
+                    raise ConfigError(f"data source {source.target}: {error}") from None
+                if not (tmp / name).is_file():
+                    raise ConfigError(f"{source.target} wrote no {name}, which this {kind} run reads")
+                replace_folder(tmp, folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return folder / name
 
 
 def read_sources(
@@ -108,15 +128,15 @@ def read_sources(
     report = DataReport()
     for source in sources:
         path = (
-            _synthetic_files(source, role, kind, Path(settings.output_dir))
-            if source.format == "synthetic"
+            generated_file(source, role, kind, Path(settings.output_dir))
+            if source.format == "generated"
             else Path(source.path)
         )
         common = {"image_dir": source.image_dir, "on_bad_row": data.on_bad_row, "checker": checker}
         if kind == "rl":
-            if source.format not in ("critic_rl", "synthetic"):
+            if source.format not in ("critic_rl", "generated"):
                 raise ConfigError(
-                    f"GRPO reads critic_rl (or synthetic) sources, not {source.format}: the RL rows "
+                    f"GRPO reads critic_rl (or generated) sources, not {source.format}: the RL rows "
                     f"need the judge's scores of the rejected image"
                 )
             found, part = read_critic_rl(path, **common)
@@ -172,7 +192,8 @@ def run_info(
     return {
         "role": settings.role,
         "stage": stage,
-        # As the config named them: a shipped or shared folder must not carry the paths of the machine it came from.
+        # As the config named them: a shipped or shared folder must not carry the paths of the machine it
+        # came from.
         "base_model": parent.get("base_model") or str(model_dir),
         "started_from": str(model_dir),
         "history": parent.get("history", []) + [{"stage": stage, "data": sources, "rows": report.kept}],
@@ -205,7 +226,8 @@ def save_final(trainer, out: Path, info: dict[str, Any]) -> Path:
 
 
 def make_readable(folder: Path) -> None:
-    """Files 0644 and folders 0755: safetensors writes 0600, which a server running as another user cannot read."""
+    """Files 0644 and folders 0755: safetensors writes 0600, which a server running as another user cannot
+    read."""
     os.chmod(folder, 0o755)
     for path in folder.rglob("*"):
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
@@ -215,8 +237,10 @@ __all__ = [
     "FINAL",
     "RUN_INFO",
     "UNSAFE_FILES",
+    "generated_file",
     "make_readable",
     "model_folder",
+    "official_file",
     "read_sources",
     "run_info",
     "save_final",

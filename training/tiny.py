@@ -56,6 +56,21 @@ TINY_MIN_PIXELS = 32 * 32
 TINY_MAX_PIXELS = 128 * 128
 
 
+def transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def rope_settings(mrope_section: list[int], theta: float = 10000.0) -> dict:
+    """The text config's rotary settings, spelled as the installed transformers reads them: 5.x takes
+    ``rope_parameters``; 4.x (Qwen3-VL arrived in 4.57) takes ``rope_theta`` plus ``rope_scaling``."""
+    rope = {"rope_type": "default", "mrope_section": mrope_section, "mrope_interleaved": True}
+    if transformers_major() >= 5:
+        return {"rope_parameters": {**rope, "rope_theta": theta}}
+    return {"rope_theta": theta, "rope_scaling": rope}
+
+
 def tokenizer_corpus(extra: list[str] | None = None) -> list[str]:
     """Text the tokenizer is trained on: our templates, the schema and plain English words."""
     lines = [load_template(role).text for role in ROLES]
@@ -107,14 +122,21 @@ def build_tokenizer(
     data = json.loads(tokenizer.to_str())
     vocab = data["model"]["vocab"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["model"]["merges"]]
-    qwen = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token=None,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-    )
+    names = {"unk_token": None, "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+    if transformers_major() >= 5:
+        qwen = Qwen2Tokenizer(vocab=vocab, merges=merges, **names)
+    else:  # transformers 4 builds the same byte-level BPE only from vocab.json and merges.txt files
+        import tempfile
+
+        from transformers import Qwen2TokenizerFast
+
+        with tempfile.TemporaryDirectory() as folder:
+            vocab_file, merges_file = Path(folder, "vocab.json"), Path(folder, "merges.txt")
+            vocab_file.write_text(json.dumps(vocab), encoding="utf-8")
+            merges_file.write_text(
+                "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+            )
+            qwen = Qwen2TokenizerFast(vocab_file=str(vocab_file), merges_file=str(merges_file), **names)
     # Every control token must be one token: "<|im_start|>" opens every turn.
     controls = [token for token in SPECIAL_TOKENS if token not in ("<|endoftext|>", "<|im_end|>")]
     qwen.add_special_tokens({"additional_special_tokens": controls})
@@ -177,12 +199,7 @@ def build_tiny_agent(
             "head_dim": head_dim,
             "max_position_embeddings": 8192,
             # mrope sections (time, height, width) must sum to head_dim / 2.
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [2 * quarter, quarter, quarter],
-                "mrope_interleaved": True,
-            },
+            **rope_settings([2 * quarter, quarter, quarter]),
             "tie_word_embeddings": tie_embeddings,
         },
         vision_config={
@@ -251,8 +268,11 @@ def build_tiny_pipeline(out: str | Path, *, seed: int = 0) -> Path:
     with ``DiffusionPipeline.from_pretrained`` and derives img2img from it, as it would a full checkpoint.
     """
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from ..core.generators.diffusers_generator import import_diffusers
+
+    diffusers = import_diffusers()  # an extra: a clear error naming it when it is not installed
 
     out = Path(out)
     torch.manual_seed(seed)
@@ -277,7 +297,7 @@ def build_tiny_pipeline(out: str | Path, *, seed: int = 0) -> Path:
             pad_token_id=vocab["<|endoftext|>"],
         )
     )
-    unet = UNet2DConditionModel(
+    unet = diffusers.UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
         sample_size=8,
@@ -288,7 +308,7 @@ def build_tiny_pipeline(out: str | Path, *, seed: int = 0) -> Path:
         cross_attention_dim=32,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
+    vae = diffusers.AutoencoderKL(
         block_out_channels=(16, 32, 32, 32),
         in_channels=3,
         out_channels=3,
@@ -298,10 +318,10 @@ def build_tiny_pipeline(out: str | Path, *, seed: int = 0) -> Path:
         up_block_types=("UpDecoderBlock2D",) * 4,
         sample_size=64,
     )
-    scheduler = EulerDiscreteScheduler(
+    scheduler = diffusers.EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
     )
-    pipe = StableDiffusionPipeline(
+    pipe = diffusers.StableDiffusionPipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
