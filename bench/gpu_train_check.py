@@ -1,14 +1,15 @@
 """One SFT step and one GRPO step of a real-size Qwen3-VL (random weights) under ZeRO-3 or FSDP2; peak memory.
 
-Nothing is downloaded: the model is built from a config shaped like Qwen3-VL-8B-Instruct (36 layers, hidden 4096,
-a 27-block vision tower, a 151,936-token embedding) with the tiny local tokenizer; the data are the sandbox
-teacher's at full resolution (1024x1024 pictures: about 1,024 image tokens each, two per Critic prompt), and
-the GRPO reward redraws with the sandbox generator and scores with its oracle judge.
+Nothing is downloaded: the model is built from a config shaped like Qwen3-VL-8B-Instruct (36 layers, hidden
+4096, a 27-block vision tower, a 151,936-token embedding) with the tiny local tokenizer; the data are the
+sandbox teacher's at full resolution (1024x1024 pictures: about 1,024 image tokens each, two per Critic
+prompt), and the GRPO reward redraws with the sandbox generator and scores with its oracle judge.
 
-    accelerate launch --config_file training/configs/accelerate/zero3.yaml bench/gpu_train_check.py --stage sft
-    accelerate launch --config_file training/configs/accelerate/fsdp2.yaml bench/gpu_train_check.py --stage grpo
+  accelerate launch --config_file training/configs/accelerate/zero3.yaml bench/gpu_train_check.py --stage sft
+  accelerate launch --config_file training/configs/accelerate/fsdp2.yaml bench/gpu_train_check.py --stage grpo
 
-Each process prints its peak GPU memory per stage. ``--layers`` shortens the text model to probe a smaller GPU.
+Each process prints its peak GPU memory per stage. ``--layers`` shortens the text model to probe a smaller
+GPU.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def grpo_step(config, processor, work: Path, size: int, generations: int) -> Non
     from trl import GRPOConfig, GRPOTrainer
 
     from interleave_thinker.sandbox.generator import SandboxGenerator
-    from interleave_thinker.sandbox.judge import SandboxJudge
+    from interleave_thinker.sandbox.grading import SandboxJudge
     from interleave_thinker.sandbox.teacher import write_sets
     from interleave_thinker.training.data import CriticRLRows, Templates, read_critic_rl
     from interleave_thinker.training.rewards import CriticReward

@@ -25,7 +25,7 @@ from ..core.loop import LoopConfig, derive_seed, run_story
 from ..core.protocol import Plan, ProtocolError
 from ..core.storyboard import ACCEPTED, REJECTED, Storyboard
 from .generator import SandboxGenerator
-from .judge import judge_step, judge_text
+from .grading import judge_step, judge_text
 from .tasks import Task
 from .world import EMPTY, read
 

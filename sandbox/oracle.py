@@ -24,7 +24,7 @@ from ..core.errors import BadInput
 from ..core.messages import IMAGE_MARKER, Message
 from ..core.prompts import load_template
 from ..core.protocol import Plan, PlanStep, Verdict
-from .judge import change_summary, judge_step, verdict_reasoning
+from .grading import change_summary, judge_step, verdict_reasoning
 from .language import parse, precise_prompt
 from .tasks import Request, read_request
 from .world import EMPTY, Scene, read

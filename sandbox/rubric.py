@@ -23,7 +23,7 @@ from ..core.agents.base import Agent, AgentError
 from ..core.messages import fit_pixels, white_canvas
 from ..core.protocol import ProtocolError, parse_answer
 from ..core.storyboard import FILENAME, Storyboard
-from .judge import judge_step, judge_text
+from .grading import judge_step, judge_text
 from .world import WorldError, read
 
 INTENT = "The second picture carries out this step: {step}"

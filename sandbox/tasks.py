@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..core.stories import safe_id
-from .judge import change_summary
+from .grading import change_summary
 from .language import apply
 from .world import (
     COLOURS,

@@ -33,7 +33,7 @@ from PIL import Image
 
 from ..core.protocol import Plan
 from .evaluate import run_task
-from .judge import judge_step
+from .grading import judge_step
 from .language import KEEP, NOTHING_ELSE
 from .oracle import OracleCritic, OraclePlanner, plan_for, verdict_for
 from .tasks import Task, iter_tasks, make_tasks, read_request, save_tasks

@@ -12,7 +12,7 @@ from helpers import ScriptedAgent
 
 from interleave_thinker.core.messages import white_canvas
 from interleave_thinker.sandbox.generator import SandboxGenerator
-from interleave_thinker.sandbox.judge import SandboxJudge
+from interleave_thinker.sandbox.grading import SandboxJudge
 from interleave_thinker.training.judge import AgentJudge
 from interleave_thinker.training.rewards import (
     CriticReward,

@@ -11,7 +11,7 @@ from interleave_thinker.core.messages import critic_messages, planner_messages
 from interleave_thinker.core.protocol import parse_plan, parse_verdict
 from interleave_thinker.sandbox.evaluate import evaluate, format_table, plan_fits, score_story, write_reports
 from interleave_thinker.sandbox.generator import SandboxGenerator
-from interleave_thinker.sandbox.judge import judge_step, judge_text
+from interleave_thinker.sandbox.grading import judge_step, judge_text
 from interleave_thinker.sandbox.language import apply, is_precise
 from interleave_thinker.sandbox.oracle import OracleCritic, OraclePlanner
 from interleave_thinker.sandbox.tasks import (

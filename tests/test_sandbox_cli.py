@@ -9,7 +9,7 @@ from helpers import ChatServer
 
 from interleave_thinker.cli import main
 from interleave_thinker.core.storyboard import UNCHECKED, Storyboard
-from interleave_thinker.sandbox.judge import judge_step
+from interleave_thinker.sandbox.grading import judge_step
 from interleave_thinker.sandbox.tasks import load_tasks
 from interleave_thinker.sandbox.world import read
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from interleave_thinker.core.generators.base import Generator
 from interleave_thinker.sandbox.generator import FailureModel, SandboxGenerator
-from interleave_thinker.sandbox.judge import SandboxJudge, judge_step
+from interleave_thinker.sandbox.grading import SandboxJudge, judge_step
 from interleave_thinker.sandbox.language import (
     LanguageError,
     ResolveError,

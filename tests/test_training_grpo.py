@@ -42,7 +42,7 @@ def test_grpo_raises_the_reward_and_changes_the_weights(grpo_critic, trained_cri
 
 def test_grpo_settings_are_checked_before_training():
     from interleave_thinker.sandbox.generator import SandboxGenerator
-    from interleave_thinker.sandbox.judge import SandboxJudge
+    from interleave_thinker.sandbox.grading import SandboxJudge
 
     base = config.load(
         None,
@@ -52,7 +52,7 @@ def test_grpo_settings_are_checked_before_training():
             "output_dir=o",
             "data.train=[{format: critic_rl, path: x}]",
             "generator={kind: import, target: 'interleave_thinker.sandbox.generator:SandboxGenerator'}",
-            "judge={kind: import, target: 'interleave_thinker.sandbox.judge:SandboxJudge'}",
+            "judge={kind: import, target: 'interleave_thinker.sandbox.grading:SandboxJudge'}",
         ],
     )
     settings = GRPOSettings.from_dict(base)

@@ -96,7 +96,7 @@ def test_the_format_check_reports_the_share_of_answers_that_parse(
     tmp_path, tiny_agent_dir, sandbox_examples, capsys
 ):
     from interleave_thinker.training.data import write_critic_sft
-    from interleave_thinker.training.evaluate import is_valid, main
+    from interleave_thinker.training.format_rate import is_valid, main
 
     data = write_critic_sft(tmp_path / "critic.json", sandbox_examples.critic[:3])
     assert (

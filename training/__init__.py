@@ -1,4 +1,5 @@
-"""Training for the Planner and Critic: data, SFT, GRPO, rewards and export. Heavy imports stay inside modules.
+"""Training for the Planner and Critic: data, SFT, GRPO, rewards and export. Heavy imports stay inside
+modules.
 
 - ``data``: the official formats and storyboards, read (validated) and written; the rows TRL trains on
 - ``sft`` / ``grpo``: the training scripts (``python -m interleave_thinker.training.sft --config FILE``)

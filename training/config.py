@@ -47,11 +47,14 @@ from typing import Any
 
 import yaml
 
+from ..core.errors import BadInput
+from ..core.settings import DTYPES
+
 FORMATS = ("sharegpt", "critic_rl", "storyboard", "generated")
 _SOURCE_KEYS = {"format", "path", "image_dir", "raw_instructions", "target", "options"}
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """A configuration that cannot run; the message names the key and what to write instead."""
 
 
@@ -271,7 +274,7 @@ class RunSettings:
             raise ConfigError(f"role must be planner or critic, got {self.role!r}")
         if self.finetune not in ("full", "lora"):
             raise ConfigError(f"finetune must be full or lora, got {self.finetune!r}")
-        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
+        if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be auto, bf16, fp16 or fp32, got {self.dtype!r}")
         if not isinstance(self.trainer, dict):
             raise ConfigError("'trainer' must be a mapping of trl config fields")

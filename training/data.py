@@ -4,18 +4,19 @@ Formats read and written here (the official InterleaveThinker release uses the f
 for GRPO):
 
 - Planner SFT and Critic SFT: a JSON array (or JSONL) of sharegpt rows
-  ``{"messages": [{"role": "user", "content": str}, {"role": "assistant", "content": str}], "images": [path]}``.
+  ``{"messages": [{"role": "user", "content": str}, {"role": "assistant", "content": str}],
+  "images": [path]}``.
   The user turn is a filled template with one ``<image>`` marker per image; the assistant turn is
   ``<think>...</think><answer>{plan or verdict}</answer>``.
 - Critic RL: JSONL, one Critic step per line: ``{"origin_prompt", "rewritten_prompt", "origin_image_path",
   "edited_image_path", "evaluation": {"success", "semantics", "quality"}}``.
-- Storyboards saved by the engine (``core/storyboard.py``): every attempt the Critic judged is a Critic example,
-  and the plan a Planner example.
+- Storyboards saved by the engine (``core/storyboard.py``): every attempt the Critic judged is a Critic
+  example, and the plan a Planner example.
 
 Whatever the source, prompts are rendered again with the engine's templates (``core/prompts``, through
 ``core/messages``) and answers are re-parsed with ``core/protocol`` and written back from ``Plan.to_dict`` /
-``Verdict.to_dict``, so training sees exactly what inference sees. Rows are checked when the data set is built;
-a bad row is reported with its file and line, then skipped or fatal as the caller chose.
+``Verdict.to_dict``, so training sees exactly what inference sees. Rows are checked when the data set is
+built; a bad row is reported with its file and line, then skipped or fatal as the caller chose.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from PIL import Image
 
+from ..core.errors import BadInput
 from ..core.messages import (
     IMAGE_MARKER,
     MAX_PIXELS,
@@ -44,7 +46,6 @@ from ..core.messages import (
     fit_pixels,
     planner_messages,
     to_rgb,
-    white_canvas,
 )
 from ..core.prompts import ROLES, Template, TemplateError, load_template
 from ..core.protocol import Plan, ProtocolError, Verdict, parse_plan, parse_verdict
@@ -60,10 +61,10 @@ ON_BAD_ROW = ("skip", "error")
 MAX_ASPECT_RATIO = 200
 SCORE_RANGE = (0.0, 10.0)
 
-ImageRef = Union[str, Path, Image.Image]
+ImageRef = str | Path | Image.Image
 
 
-class DataError(ValueError):
+class DataError(BadInput):
     """Data that cannot be used: a bad row in "error" mode, an unreadable file, a wrong setting."""
 
 
@@ -240,11 +241,6 @@ def load_image(ref: ImageRef, max_pixels: int | None = MAX_PIXELS) -> Image.Imag
     return fit_pixels(image, max_pixels) if max_pixels else image
 
 
-@functools.lru_cache(maxsize=16)
-def _canvas(width: int, height: int) -> Image.Image:
-    return white_canvas(width, height)
-
-
 def is_white(image: Image.Image) -> bool:
     """True for a plain white canvas: the before image of a story's first picture."""
     return all(low == high == 255 for low, high in to_rgb(image).getextrema())
@@ -279,7 +275,8 @@ def _template_regex(text: str) -> re.Pattern:
 
 
 def extract_fields(template: Template, text: str) -> dict[str, str] | None:
-    """The placeholder values that turn ``template`` into ``text``, or None when ``text`` is not that template."""
+    """The placeholder values that turn ``template`` into ``text``, or None when ``text`` is not that
+    template."""
     body = template.text.lstrip()
     if template.role == "critic" and body.lower().startswith(IMAGE_MARKER * 2):
         body = body[len(IMAGE_MARKER) * 2 :]  # the engine puts the two images before the text itself
@@ -364,7 +361,8 @@ def critic_prompt(
 
 
 def split_images(messages: list[dict]) -> tuple[list[dict], list[Image.Image]]:
-    """Messages with bare ``{"type": "image"}`` placeholders, and the images in order (TRL's VLM row format)."""
+    """Messages with bare ``{"type": "image"}`` placeholders, and the images in order (TRL's VLM row
+    format)."""
     images: list[Image.Image] = []
     out = []
     for message in messages:
@@ -397,7 +395,8 @@ def sharegpt_text(messages: list[dict]) -> str:
 
 
 class _ImageStore:
-    """Where a writer puts in-memory images: content-addressed PNGs, so a shared before image is written once."""
+    """Where a writer puts in-memory images: content-addressed PNGs, so a shared before image is written
+    once."""
 
     def __init__(self, data_file: Path, image_dir: Path | None):
         self.base = data_file.parent.resolve()
@@ -635,7 +634,8 @@ def read_planner_sft(
     checker: ImageChecker | None = None,
 ) -> tuple[list[PlannerExample], DataReport]:
     """Planner rows of a sharegpt file. The user turn is matched against the templates to recover the
-    instruction; with ``raw_instructions`` a turn that matches no template is taken as the instruction itself."""
+    instruction; with ``raw_instructions`` a turn that matches no template is taken as the instruction
+    itself."""
     path = Path(path)
     base = Path(image_dir) if image_dir else path.parent
     templates = templates or Templates.load()
@@ -844,11 +844,10 @@ def _story_examples(story: Storyboard, data: dict, folder: Path, role: str, rows
             return []
         return [PlannerExample(instruction, story.plan, inputs, story.mode, source)]
     examples = []
-    before: ImageRef | None = inputs[-1] if story.mode == "guidance" and inputs else None
-    for step, raw in zip(story.steps, data["steps"]):
+    for index, (step, raw) in enumerate(zip(story.steps, data["steps"])):
         if not step.attempts:
             continue
-        step_before = before if before is not None else _canvas(story.width, story.height)
+        step_before = story.before_image(index)  # the rule lives on Storyboard, as the loop uses it
         for attempt, saved in zip(step.attempts, raw["attempts"]):
             if attempt.verdict is None:
                 continue
@@ -862,7 +861,6 @@ def _story_examples(story: Storyboard, data: dict, folder: Path, role: str, rows
                     f"{source} (step {step.number}, attempt {attempt.number})",
                 )
             )
-        before = folder / raw["image"]
     return examples
 
 

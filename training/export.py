@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import BadInput
 from ..core.files import replace_folder
 from .config import code_version
 from .models import ModelError, check_folder, is_adapter, load_model, load_processor
@@ -35,7 +36,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
-class ExportError(ValueError):
+class ExportError(BadInput):
     pass
 
 

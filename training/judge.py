@@ -5,10 +5,10 @@ A judge answers two questions:
 - ``semantics(before, after, instruction)``: does the after image carry out the instruction, keeping the rest?
 - ``quality(image)``: is the image free of artefacts?
 
-:class:`AgentJudge` asks any engine agent (a local VLM folder or an OpenAI-compatible endpoint) with the prompts in
-``training/prompts/``, and parses the answer strictly: one JSON object ``{"score": [a, b], "reasoning": ...}``
-with two numbers from 0 to 10; the score is the lower of the two. Anything else raises :class:`JudgeError`,
-so the reward abstains instead of guessing.
+:class:`AgentJudge` asks any engine agent (a local VLM folder or an OpenAI-compatible endpoint) with the
+prompts in ``training/prompts/``, and parses the answer strictly: one JSON object
+``{"score": [a, b], "reasoning": ...}`` with two numbers from 0 to 10; the score is the lower of the two.
+Anything else raises :class:`JudgeError`, so the reward abstains instead of guessing.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 from PIL import Image
 
 from ..core.agents.base import Agent, AgentError, Decoding
+from ..core.errors import BackendError
 from ..core.messages import MAX_PIXELS, fit_pixels
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
@@ -32,7 +33,7 @@ QUALITY_PROMPT = PROMPTS / "judge_quality.txt"
 _FENCE_RE = re.compile(r"\A```(?:json)?\s*(.*?)\s*```\Z", re.DOTALL | re.IGNORECASE)
 
 
-class JudgeError(RuntimeError):
+class JudgeError(BackendError):
     """The judge gave no usable score: the call failed or its answer did not parse."""
 
 
@@ -50,7 +51,8 @@ class Judge(Protocol):
 
 
 def parse_scores(text: str, count: int = 2) -> list[float]:
-    """The ``score`` list of a judge answer, or JudgeError. Accepts one JSON object, optionally in a code fence."""
+    """The ``score`` list of a judge answer, or JudgeError. Accepts one JSON object, optionally in a code
+    fence."""
     if not isinstance(text, str):
         raise JudgeError(f"the judge answered {type(text).__name__}, not text")
     body = text.strip()

@@ -1,4 +1,5 @@
-"""Loading the agents for training: local folders only, LoRA adapters merged, the vision tower frozen on request."""
+"""Loading the agents for training: local folders only, LoRA adapters merged, the vision tower frozen on
+request."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from ..core.errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ VISION_MODULES = (
 LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
-class ModelError(ValueError):
+class ModelError(BadInput):
     pass
 
 
@@ -40,7 +43,8 @@ def adapter_base(folder: str | Path) -> Path:
     base = config.get("base_model_name_or_path")
     if not base or not Path(base).is_dir():
         raise ModelError(
-            f"{folder} is a LoRA adapter whose base model {base!r} is not a local folder; pass the base folder"
+            f"{folder} is a LoRA adapter whose base model {base!r} is not a local folder; "
+            "pass the base folder"
         )
     return Path(base)
 

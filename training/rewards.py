@@ -11,8 +11,8 @@ For one completion of a Critic RL row (before image, step instruction, prompt us
   improvement over the rejected image's scores is mapped to [0, 1]: ``S = ((new - label) / 10 + 1) / 2``
   (0.5 means no change). Where the label says the step passed, S_sem = S_q = 0.5.
 
-``total = w_format*F + w_accuracy*A + w_semantics*S_sem + w_quality*S_q``; the default weights are the paper's,
-``0.5*F + 0.5*(0.2*A + 0.6*S_sem + 0.2*S_q)``.
+``total = w_format*F + w_accuracy*A + w_semantics*S_sem + w_quality*S_q``; the default weights are the
+paper's, ``0.5*F + 0.5*(0.2*A + 0.6*S_sem + 0.2*S_q)``.
 
 Generator and judge calls run in a thread pool of ``concurrency`` workers with a timeout each, deduplicated
 within a batch and cached (in memory, and on disk with ``cache_dir``). A call that fails or times out makes

@@ -53,7 +53,7 @@ def run_sft(raw: dict[str, Any]) -> SFTResult:
     from trl import SFTConfig, SFTTrainer
 
     from .curves import MetricsRecorder
-    from .evaluate import format_rate
+    from .format_rate import format_rate
     from .models import freeze_vision, load_model, load_processor, lora_config, parameter_counts
 
     settings = cfg.RunSettings.from_dict(raw)

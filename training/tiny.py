@@ -42,8 +42,10 @@ CHAT_TEMPLATE = (
     "{{- '<|im_start|>' + message['role'] + '\\n' }}"
     "{%- if message['content'] is string %}{{- message['content'] }}"
     "{%- else %}{%- for part in message['content'] %}"
-    "{%- if part['type'] == 'image' or 'image' in part %}{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{%- elif part['type'] == 'video' or 'video' in part %}{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- if part['type'] == 'image' or 'image' in part %}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif part['type'] == 'video' or 'video' in part %}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
     "{%- elif 'text' in part %}{{- part['text'] }}{%- endif %}"
     "{%- endfor %}{%- endif %}"
     "{{- '<|im_end|>\\n' }}"
@@ -91,8 +93,9 @@ def tokenizer_corpus(extra: list[str] | None = None) -> list[str]:
 def template_phrases() -> list[str]:
     """The fixed text of every role template, line by line and cut at its placeholders.
 
-    As added tokens they turn a 700-token prompt into a few dozen tokens: a tiny model then spends its training
-    on the text that varies (the request, the step, the prompt used) instead of re-reading the same paragraphs.
+    As added tokens they turn a 700-token prompt into a few dozen tokens: a tiny model then spends its
+    training on the text that varies (the request, the step, the prompt used) instead of re-reading the same
+    paragraphs.
     """
     phrases: list[str] = []
     for role in ROLES:
@@ -166,10 +169,11 @@ def build_tiny_agent(
 ) -> Path:
     """Write a tiny random-weight Qwen3-VL agent folder to ``out`` and return its path.
 
-    ``vision_position_scale`` redraws the vision tower's position embedding with that standard deviation. At the
-    usual 0.02 a patch's position is lost next to its pixels, so every empty cell gives the same token; at unit
-    scale each token also says where it is, and a vision tower that stays frozen (trained with the language model
-    from random weights, it collapses every token to one vector) still tells the language model what is where.
+    ``vision_position_scale`` redraws the vision tower's position embedding with that standard deviation. At
+    the usual 0.02 a patch's position is lost next to its pixels, so every empty cell gives the same token; at
+    unit scale each token also says where it is, and a vision tower that stays frozen (trained with the
+    language model from random weights, it collapses every token to one vector) still tells the language model
+    what is where.
     """
     import torch
     from transformers import (
@@ -264,8 +268,8 @@ def build_tiny_agent(
 def build_tiny_pipeline(out: str | Path, *, seed: int = 0) -> Path:
     """Write a tiny random-weight Stable Diffusion pipeline folder (about 1 M parameters) to ``out``.
 
-    It has the real SD layout (UNet, 8x VAE, CLIP text encoder, scheduler), so the diffusers generator loads it
-    with ``DiffusionPipeline.from_pretrained`` and derives img2img from it, as it would a full checkpoint.
+    It has the real SD layout (UNet, 8x VAE, CLIP text encoder, scheduler), so the diffusers generator loads
+    it with ``DiffusionPipeline.from_pretrained`` and derives img2img from it, as it would a full checkpoint.
     """
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer

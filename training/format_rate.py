@@ -3,7 +3,7 @@
 The prompts are the engine's (the same rendering as training and inference); an output counts when
 ``core/protocol`` parses it as a valid plan (Planner) or verdict (Critic).
 
-    python -m interleave_thinker.training.evaluate --model DIR --role critic --data critic_sft.json
+    python -m interleave_thinker.training.format_rate --model DIR --role critic --data critic_sft.json
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The oracle judge: it reads the before and after pictures and checks them against a step's sentence.
+"""Ground-truth grading of sandbox pictures (the oracle judge): it reads the before and after pictures and
+checks them against a step's sentence. :class:`SandboxJudge` offers it through training's Judge interface;
+``sandbox/rubric.py`` grades whole storyboards with it.
 
 It applies the sentence exactly to the scene it reads from the before picture and compares the result with
 the scene it reads from the after picture. The scores follow the official RL data: ``semantics`` (0-10) is
