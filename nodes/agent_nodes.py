@@ -20,7 +20,7 @@ from ..core.endpoints import (
 )
 from ..core.loop import LoopConfig, critique, make_plan
 from ..core.protocol import ProtocolError
-from ..core.storyboard import ACCEPTED, UNCHECKED
+from ..core.storyboard import ACCEPTED, REJECTED, UNCHECKED
 from . import memory
 from .host import (
     NodeError,
@@ -428,6 +428,55 @@ class Planner:
         return (StoryPlan(result, instruction.strip(), pictures), result.plan.to_json())
 
 
+# What the Critic node and the Critic Prompt node both take: the pictures and the step's two prompts.
+CRITIC_STEP_INPUTS = {
+    "before": (
+        "IMAGE",
+        {"tooltip": "The picture before the step (a white canvas for a story's first step)."},
+    ),
+    "after": ("IMAGE", {"tooltip": "The picture the image model made for the step."}),
+    "step_instruction": (
+        "STRING",
+        {
+            "multiline": True,
+            "default": "",
+            "tooltip": "The step's original prompt from the plan.",
+        },
+    ),
+    "prompt_used": (
+        "STRING",
+        {
+            "multiline": True,
+            "default": "",
+            "tooltip": "The prompt actually given to the image model for this picture.",
+        },
+    ),
+}
+
+
+def critic_pictures(before, after):
+    """The before and after pictures as PIL images, one each and of one size, as the Critic compares them."""
+    try:
+        before_image, after_image = single(before, "before image"), single(after, "after image")
+    except ValueError as error:
+        raise NodeError(str(error)) from None
+    if before_image.size != after_image.size:
+        raise NodeError(
+            "the before image is {}x{} but the after image is {}x{}: the Critic compares pictures of one "
+            "size. Scale one of them first".format(*before_image.size, *after_image.size)
+        )
+    return before_image, after_image
+
+
+def verdict_outputs(verdict, prompt_used: str, why_none: str) -> tuple[bool, str, str, str]:
+    """(accepted, refined prompt, reasoning, verdict word): no verdict is "unchecked", never an acceptance."""
+    if verdict is None:
+        return (False, prompt_used, f"{why_none}; the picture was not judged", UNCHECKED)
+    status = ACCEPTED if verdict.accepted else REJECTED
+    refined = prompt_used if verdict.accepted else (verdict.refine_prompt or prompt_used)
+    return (verdict.accepted, refined, verdict.reasoning or status, status)
+
+
 class Critic:
     """The Critic: does the after image carry out the step? If not, a better prompt."""
 
@@ -452,52 +501,19 @@ class Critic:
         return {
             "required": {
                 "agent": (AGENT, {"tooltip": "The Critic model, from Load Agent (may be the Planner's)."}),
-                "before": (
-                    "IMAGE",
-                    {"tooltip": "The picture before the step (a white canvas for a story's first step)."},
-                ),
-                "after": ("IMAGE", {"tooltip": "The picture the image model made for the step."}),
-                "step_instruction": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "",
-                        "tooltip": "The step's original prompt from the plan.",
-                    },
-                ),
-                "prompt_used": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "",
-                        "tooltip": "The prompt actually given to the image model for this picture.",
-                    },
-                ),
+                **CRITIC_STEP_INPUTS,
                 "seed": _seed_input("Seeds the Critic's re-sampling when an answer does not parse."),
             }
         }
 
     def judge(self, agent, before, after, step_instruction, prompt_used, seed):
-        try:
-            before_image, after_image = single(before, "before image"), single(after, "after image")
-        except ValueError as error:
-            raise NodeError(str(error)) from None
-        if before_image.size != after_image.size:
-            raise NodeError(
-                "the before image is {}x{} but the after image is {}x{}: the Critic compares pictures of one "
-                "size. Scale one of them first".format(*before_image.size, *after_image.size)
-            )
+        before_image, after_image = critic_pictures(before, after)
         with engine_errors("the Critic"):
             judged = critique(
                 agent, before_image, after_image, step_instruction, prompt_used, seed=seed, cancel=interrupted
             )
-        if judged.status == UNCHECKED:
-            reason = f"no verdict after {judged.tries} tries ({judged.error}); the picture was not judged"
-            return (False, prompt_used, reason, UNCHECKED)
-        verdict = judged.verdict
-        refined = prompt_used if judged.status == ACCEPTED else (verdict.refine_prompt or prompt_used)
-        reasoning = verdict.reasoning or judged.status
-        return (verdict.accepted, refined, reasoning, judged.status)
+        why = f"no verdict after {judged.tries} tries ({judged.error})"
+        return verdict_outputs(judged.verdict, prompt_used, why)
 
 
 def _name(agent) -> str:

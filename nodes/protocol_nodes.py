@@ -12,10 +12,9 @@ from ..core import settings
 from ..core.loop import PlanResult
 from ..core.messages import choose_mode, critic_messages, message_images, message_text, planner_messages
 from ..core.protocol import ProtocolError, parse_plan, parse_verdict
-from ..core.storyboard import ACCEPTED, REJECTED, UNCHECKED
-from .agent_nodes import EMPTY_INSTRUCTION
+from .agent_nodes import CRITIC_STEP_INPUTS, EMPTY_INSTRUCTION, critic_pictures, verdict_outputs
 from .host import NodeError, engine_errors
-from .images import single, to_pil, to_tensor
+from .images import to_pil, to_tensor
 from .types import CATEGORY, PLAN, StoryPlan
 
 # What a storyboard records as its Planner when the plan came in as text.
@@ -211,40 +210,12 @@ class CriticPrompt:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "before": (
-                    "IMAGE",
-                    {"tooltip": "The picture before the step (a white canvas for a story's first step)."},
-                ),
-                "after": ("IMAGE", {"tooltip": "The picture the image model made for the step."}),
-                "step_instruction": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "",
-                        "tooltip": "The step's original prompt from the plan.",
-                    },
-                ),
-                "prompt_used": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "",
-                        "tooltip": "The prompt actually given to the image model for this picture.",
-                    },
-                ),
+                **CRITIC_STEP_INPUTS,
             }
         }
 
     def write(self, before, after, step_instruction, prompt_used):
-        try:
-            before_image, after_image = single(before, "before image"), single(after, "after image")
-        except ValueError as error:
-            raise NodeError(str(error)) from None
-        if before_image.size != after_image.size:
-            raise NodeError(
-                "the before image is {}x{} but the after image is {}x{}: the Critic compares pictures of one "
-                "size. Scale one of them first".format(*before_image.size, *after_image.size)
-            )
+        before_image, after_image = critic_pictures(before, after)
         with engine_errors():
             messages = critic_messages(before_image, after_image, step_instruction, prompt_used)
         return (message_text(messages), _batch(message_images(messages), "before and after pictures"))
@@ -296,9 +267,6 @@ class ParseVerdict:
 
     def parse(self, text, prompt_used):
         try:
-            verdict = parse_verdict(text)
+            return verdict_outputs(parse_verdict(text), prompt_used, "")
         except ProtocolError as error:
-            return (False, prompt_used, f"no verdict ({error}); the picture was not judged", UNCHECKED)
-        status = ACCEPTED if verdict.accepted else REJECTED
-        refined = prompt_used if verdict.accepted else (verdict.refine_prompt or prompt_used)
-        return (verdict.accepted, refined, verdict.reasoning or status, status)
+            return verdict_outputs(None, prompt_used, f"no verdict ({error})")
