@@ -223,12 +223,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     loop.add_argument(
         "--no-check-last", action="store_true", help="keep the last attempt without asking the Critic"
     )
+    add_step_choices(loop)
     loop.add_argument(
-        "--keep-attempt",
-        default=settings.DEFAULT_KEEP,
-        choices=settings.KEEP_CHOICES,
-        help="when the Critic rejects every attempt of a step, keep the last one or the best one (whose "
-        f"verdict names the fewest problems; recorded with its reason). Default {settings.DEFAULT_KEEP}",
+        "--reference",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a picture that holds the cast (a character, a style, a place), given to the generator with "
+        f"every step, never to the Critic (repeatable, at most {settings.MAX_REFERENCES}); an img2img "
+        "model cannot use it, and the storyboard says so",
     )
 
     device = parser.add_argument_group("device")
@@ -250,6 +253,25 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "bench/gpu_inference.py)",
     )
     device.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_step_choices(parser) -> None:
+    """``--keep-attempt`` and ``--anchor``: how a step chooses its picture and what each edit looks back
+    at. The engine's commands and the sandbox's ``eval`` share them."""
+    parser.add_argument(
+        "--keep-attempt",
+        default=settings.DEFAULT_KEEP,
+        choices=settings.KEEP_CHOICES,
+        help="when the Critic rejects every attempt of a step, keep the last one or the best one (whose "
+        f"verdict names the fewest problems; recorded with its reason). Default {settings.DEFAULT_KEEP}",
+    )
+    parser.add_argument(
+        "--anchor",
+        default=settings.DEFAULT_ANCHOR,
+        choices=settings.ANCHOR_CHOICES,
+        help="first: every edit also carries the story's first picture, against drift over a long story "
+        f"(default {settings.DEFAULT_ANCHOR})",
+    )
 
 
 def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
@@ -285,6 +307,7 @@ def loop_config(args: argparse.Namespace, seed: int | None = None):
             fallback_single_step=args.fallback_single_step,
             check_last_attempt=not args.no_check_last,
             keep_attempt=getattr(args, "keep_attempt", settings.DEFAULT_KEEP),
+            anchor=getattr(args, "anchor", settings.DEFAULT_ANCHOR),
         )
     except BadSetting as error:  # name the option, not the field
         raise error.named(option_name(error.setting)) from None
@@ -532,6 +555,21 @@ def check_out(out: Path, overwrite: bool) -> None:
     check_writable(out, beside=True)  # the storyboard is made beside it, then renamed into place
 
 
+def load_references(paths: Sequence[str | Path], story_pixels: int):
+    """The story's reference pictures, checked as input images are, and at most ``MAX_REFERENCES``."""
+    if len(paths) > settings.MAX_REFERENCES:
+        raise BadInput(
+            f"{len(paths)} reference pictures given; a story takes at most {settings.MAX_REFERENCES}"
+        )
+    return load_images(paths, story_pixels)
+
+
+def story_notes(story) -> list[str]:
+    """What the summary says beside the counts: unchecked pictures, references the generator cannot use."""
+    reference_note = (story.settings.get("references") or {}).get("note", "")
+    return [note for note in (unchecked_note(story), reference_note) if note]
+
+
 def unchecked_note(story) -> str:
     """A line for the summary when the Critic could not be used for some pictures, else ""."""
     failed = [attempt for attempt in story.attempts if attempt.critic_failed]
@@ -589,7 +627,7 @@ class Progress:
 # run and batch
 
 
-def run_one(models: Models, instruction: str, images, config, progress: Progress, cancel=None):
+def run_one(models: Models, instruction: str, images, config, progress: Progress, cancel=None, references=()):
     from .loop import run_story
 
     try:
@@ -599,6 +637,7 @@ def run_one(models: Models, instruction: str, images, config, progress: Progress
             models.generator,
             models.critic,
             images=images,
+            references=references,
             config=config,
             planner_template=models.planner_template,
             critic_template=models.critic_template,
@@ -637,7 +676,7 @@ def _configure_batch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "stories",
         metavar="STORIES",
-        help="a text file (one instruction a line) or JSONL (instruction, images, seed, id)",
+        help="a text file (one instruction a line) or JSONL (instruction, images, references, seed, id)",
     )
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="folder for the storyboards and index.html"
@@ -665,20 +704,21 @@ def make_run(generators: Mapping[str, GeneratorFactory]) -> Callable[[argparse.N
         check_out(out, args.overwrite)
         images = load_images(args.image, args.width * args.height)
         _check_markers(instruction, len(images))
+        references = load_references(args.reference, args.width * args.height)
         config = loop_config(args)
         plan = read_plan(args.plan, config.max_steps) if args.plan else None
         models = load_models(args, generators)
         progress = Progress("story", not args.quiet)
         if plan is None:
-            story = run_one(models, instruction, images, config, progress)
+            story = run_one(models, instruction, images, config, progress, references=references)
         else:
-            story = draw_plan(models, plan, instruction, images, config, progress)
+            story = draw_plan(models, plan, instruction, images, config, progress, references=references)
         try:
             story.save(out, overwrite=args.overwrite)
         except OSError as error:
             raise BadInput(f"cannot write --out {out}: {error}") from None
         print(f"{len(story.steps)} steps, {len(story.attempts)} images -> {out / 'index.html'}")
-        if note := unchecked_note(story):
+        for note in story_notes(story):
             print(note)
         return EXIT_OK
 
@@ -702,7 +742,9 @@ def read_plan(path: str | Path, max_steps: int = settings.MAX_PLAN_STEPS):
         ) from None
 
 
-def draw_plan(models: Models, plan, instruction: str, images, config, progress: Progress, cancel=None):
+def draw_plan(
+    models: Models, plan, instruction: str, images, config, progress: Progress, cancel=None, references=()
+):
     """``run --plan``: the plan as given, drawn and checked; the Planner is not asked."""
     from .loop import PlanReady, run_plan
     from .messages import choose_mode
@@ -715,6 +757,7 @@ def draw_plan(models: Models, plan, instruction: str, images, config, progress: 
             models.critic,
             instruction=instruction,
             images=images,
+            references=references,
             mode=choose_mode(config.mode, images),
             config=config,
             critic_template=models.critic_template,
@@ -753,6 +796,8 @@ def make_resume(generators: Mapping[str, GeneratorFactory]) -> Callable[[argpars
         source, out = Path(args.storyboard), Path(args.out)
         if out.resolve() == source.resolve():
             raise BadInput("--out is the storyboard being resumed; write the resumed one to a new folder")
+        if args.reference:
+            raise BadInput("resume keeps the storyboard's own reference pictures; leave out --reference")
         story = Storyboard.load(source)
         check_args(_with_seed(args, story.seed), generators)
         check_out(out, args.overwrite)
@@ -783,7 +828,7 @@ def make_resume(generators: Mapping[str, GeneratorFactory]) -> Callable[[argpars
             raise BadInput(f"cannot write --out {out}: {error}") from None
         kept = args.from_step - 1
         print(f"{kept} steps kept, {len(resumed.steps) - kept} redrawn -> {out / 'index.html'}")
-        if note := unchecked_note(resumed):
+        for note in story_notes(resumed):
             print(note)
         return EXIT_OK
 
@@ -903,13 +948,14 @@ def _story_record(models: Models, args, item: StoryItem, out: Path, progress: Pr
         Storyboard.check_replaceable(folder)
         images = load_images(item.images, args.width * args.height)
         _check_markers(item.instruction, len(images))
+        references = load_references(item.references, args.width * args.height)
         config = loop_config(args, seed=item.seed)
-        story = run_one(models, item.instruction, images, config, progress, cancel)
+        story = run_one(models, item.instruction, images, config, progress, cancel, references)
         story.story_id = item.id
         story.save(folder, overwrite=True)
         record.update(status="done")
-        if note := unchecked_note(story):
-            record.update(note=note)
+        if notes := story_notes(story):
+            record.update(note=" ".join(notes))
     except (KeyboardInterrupt, Cancelled):
         raise
     except Exception as error:  # one bad story is reported and the batch goes on

@@ -10,6 +10,8 @@ Rules (DESIGN.md, "The loop"):
 - Critic output that never parses keeps the candidate, marked "unchecked"; so does a Critic that cannot be
   used (an endpoint answering 500): the picture is drawn, and the error is kept with it.
 - Every seed derives from one user seed, so the same inputs give the same storyboard.
+- The story's reference pictures (and, anchoring, its first picture) go to the generator with every call
+  that can take them, never to the Critic; what each attempt carried is recorded on it.
 - ``cancel`` is checked before every model call; events report progress. There are no sleeps.
 """
 
@@ -27,7 +29,7 @@ from PIL import Image
 from . import settings
 from .agents.base import Agent
 from .errors import BackendError, Cancelled, check_cancel
-from .generators.base import TEXT_TO_IMAGE, Generator
+from .generators.base import TEXT_TO_IMAGE, Generator, reference_capacity
 from .messages import choose_mode, critic_messages, planner_messages, to_rgb
 from .prompts import Template, load_template
 from .protocol import Plan, PlanStep, ProtocolError, Verdict, parse_plan, parse_verdict
@@ -47,6 +49,7 @@ class LoopConfig:
     fallback_single_step: bool = False
     check_last_attempt: bool = True
     keep_attempt: str = settings.DEFAULT_KEEP  # which attempt a step keeps when every one was rejected
+    anchor: str = settings.DEFAULT_ANCHOR  # "first": every edit also carries the story's first picture
 
     def __post_init__(self) -> None:
         settings.check_range("max_attempts", self.max_attempts, 1, settings.MAX_ATTEMPTS_LIMIT)
@@ -57,6 +60,7 @@ class LoopConfig:
             settings.check_range(name, getattr(self, name), settings.MIN_SIZE, settings.MAX_SIZE)
         settings.check_choice("mode", self.mode, settings.MODES)
         settings.check_choice("keep_attempt", self.keep_attempt, settings.KEEP_CHOICES)
+        settings.check_choice("anchor", self.anchor, settings.ANCHOR_CHOICES)
         settings.check_range("seed", self.seed, 0, settings.SEED_MAX)
 
 
@@ -205,6 +209,7 @@ def run_plan(
     *,
     instruction: str = "",
     images: Sequence[Image.Image] = (),
+    references: Sequence[Image.Image] = (),
     mode: str | None = None,
     config: LoopConfig = LoopConfig(),
     critic_template: Template | None = None,
@@ -212,7 +217,9 @@ def run_plan(
     cancel: CancelHook | None = None,
     planning: PlanResult | None = None,
 ) -> Storyboard:
-    """Carry out ``plan`` with ``generator``, checked by ``critic`` (None keeps every first attempt)."""
+    """Carry out ``plan`` with ``generator``, checked by ``critic`` (None keeps every first attempt).
+    ``references``: pictures that hold the cast, carried by every generator call that can take them."""
+    check_references(references)
     runtime = _Runtime(on_event, cancel)
     mode = mode or choose_mode(config.mode, images)
     critic_template = critic_template or load_template("critic")
@@ -223,6 +230,7 @@ def run_plan(
         plan=plan,
         steps=[],
         input_images=[to_rgb(image) for image in images],
+        reference_images=[to_rgb(image) for image in references],
         width=config.width,
         height=config.height,
         seed=config.seed,
@@ -233,6 +241,7 @@ def run_plan(
             "generator": _name(generator),
             "edit_route": getattr(generator, "edit_route", None),
             **_agents_info(planning, critic),
+            **references_settings(generator, len(references), config.anchor),
         },
         planner_output=planning.output if planning else "",
         planner_tries=planning.tries if planning else 0,
@@ -251,6 +260,7 @@ def run_story(
     critic: Agent | None = None,
     *,
     images: Sequence[Image.Image] = (),
+    references: Sequence[Image.Image] = (),
     config: LoopConfig = LoopConfig(),
     planner_template: Template | None = None,
     critic_template: Template | None = None,
@@ -258,6 +268,7 @@ def run_story(
     cancel: CancelHook | None = None,
 ) -> Storyboard:
     """Plan ``instruction`` and carry the plan out: the whole storyboard in one call."""
+    check_references(references)  # before the Planner's time is spent
     started = time.perf_counter()
     planning = make_plan(
         planner,
@@ -274,6 +285,7 @@ def run_story(
         critic,
         instruction=instruction,
         images=images,
+        references=references,
         mode=planning.mode,
         config=config,
         critic_template=critic_template,
@@ -329,15 +341,17 @@ def resume(
         plan=plan,
         steps=list(story.steps[: from_step - 1]),
         input_images=list(story.input_images),
+        reference_images=list(story.reference_images),
         width=story.width,
         height=story.height,
         seed=config.seed,
         settings={
-            **story.settings,
+            **{key: value for key, value in story.settings.items() if key != "references"},
             "loop": asdict(config),
             "critic": _name(critic) if critic is not None else None,
             "generator": _name(generator),
             "edit_route": getattr(generator, "edit_route", None),
+            **references_settings(generator, len(story.reference_images), config.anchor),
             "resumed": {"from_step": from_step, "seed": story.seed, "story_id": story.story_id},
         },
         planner_output=story.planner_output,
@@ -392,6 +406,8 @@ def _run_step(
     source = story.edit_source(index)
     before = story.before_image(index)  # what the Critic compares against: the source, or the white canvas
     prompt = plan_step.prompt or ""
+    extras = story.extra_references(index, config.anchor)[: reference_capacity(generator)]
+    carried = {"references": [image for _, image in extras]} if extras else {}
     attempts: list[Attempt] = []
     for number in range(1, config.max_attempts + 1):
         runtime.check()
@@ -399,10 +415,12 @@ def _run_step(
         seed = derive_seed(config.seed, "image", index, number)
         start = time.perf_counter()
         if source is None:
-            image = generator.text_to_image(prompt, width=config.width, height=config.height, seed=seed)
+            image = generator.text_to_image(
+                prompt, width=config.width, height=config.height, seed=seed, **carried
+            )
             route = TEXT_TO_IMAGE
         else:
-            image = generator.edit(source, prompt, seed=seed)
+            image = generator.edit(source, prompt, seed=seed, **carried)
             route = generator.edit_route
         generate_seconds = time.perf_counter() - start
         runtime.emit(ImageReady(index, number, image))
@@ -440,6 +458,7 @@ def _run_step(
                 critic_error=judged.error,
                 generate_seconds=generate_seconds,
                 critic_seconds=judged.seconds,
+                references=tuple(label for label, _ in extras),
             )
         )
         runtime.emit(VerdictReady(index, number, judged.status, judged.verdict))
@@ -540,6 +559,43 @@ def critique(
     return Critique(None, output, error, time.perf_counter() - start, tries)
 
 
+def check_references(references: Sequence[Image.Image]) -> None:
+    if len(references) > settings.MAX_REFERENCES:
+        raise settings.BadSetting(
+            "references", f"at most {settings.MAX_REFERENCES} reference pictures", len(references)
+        )
+
+
+def references_settings(generator: Generator, count: int, anchor: str) -> dict[str, Any]:
+    """``{"references": ...}`` for the storyboard's settings when the story has references or anchors:
+    how many, and a plain note when the generator cannot take them all (an img2img model takes none)."""
+    if not count and anchor == settings.ANCHOR_NONE:
+        return {}
+    capacity = reference_capacity(generator)
+    wanted = count + (anchor != settings.ANCHOR_NONE)
+    what = " and ".join(
+        part
+        for part in (
+            f"{count} reference picture{'s' if count != 1 else ''}" if count else "",
+            "the anchor (the first picture)" if anchor != settings.ANCHOR_NONE else "",
+        )
+        if part
+    )
+    note = ""
+    if capacity == 0:
+        note = (
+            f"{_name(generator)} takes no reference pictures (it edits by "
+            f"{getattr(generator, 'edit_route', 'its own route')}), so these are not used: {what}. An edit "
+            "model (FLUX.2, FLUX.1 Kontext, Qwen-Image-Edit-Plus) carries them."
+        )
+    elif capacity < wanted:
+        note = f"{_name(generator)} takes {capacity} reference picture(s) a call: only the first are used."
+    info: dict[str, Any] = {"given": count, "anchor": anchor, "generator_takes": capacity}
+    if note:
+        info["note"] = note
+    return {"references": info}
+
+
 def _name(model: object) -> str:
     return str(getattr(model, "name", type(model).__name__))
 
@@ -575,11 +631,13 @@ __all__ = [
     "StepDone",
     "VerdictReady",
     "check_cancel",
+    "check_references",
     "choose_kept",
     "critique",
     "derive_seed",
     "make_plan",
     "problem_count",
+    "references_settings",
     "resample_temperature",
     "resume",
     "run_plan",

@@ -19,6 +19,14 @@ DEFAULT_MAX_ATTEMPTS = 3  # generations per step, retries included
 KEEP_LAST, KEEP_BEST = "last", "best"
 KEEP_CHOICES = (KEEP_LAST, KEEP_BEST)
 DEFAULT_KEEP = KEEP_LAST
+# References that hold the cast: pictures of characters, a style or a place that every step's generator call
+# carries beside the picture it edits (the Critic never sees them: its weights expect before/after only).
+MAX_REFERENCES = 8
+# Anchoring against drift: "first" also gives each edit the story's first picture, so a chain of edits keeps
+# looking back at where it began (README, "References and anchoring").
+ANCHOR_NONE, ANCHOR_FIRST = "none", "first"
+ANCHOR_CHOICES = (ANCHOR_NONE, ANCHOR_FIRST)
+DEFAULT_ANCHOR = ANCHOR_NONE
 MAX_ATTEMPTS_LIMIT = 10
 DEFAULT_PLANNER_TRIES = 3  # Planner answers tried before giving up
 DEFAULT_CRITIC_TRIES = 2  # Critic answers tried before an attempt is kept unchecked

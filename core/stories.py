@@ -1,7 +1,8 @@
 """Stories files: one instruction a line (``#`` comments), or JSONL rows ``{"id", "instruction", "images",
-"seed"}``.
+"references", "seed"}``.
 
-A stories file is data, possibly from someone else: a row's images must stay inside the file's folder, and its
+A stories file is data, possibly from someone else: a row's images and references must stay inside the file's
+folder, and its
 id becomes a folder name, so it is reduced to safe characters. A bad row carries its error; the other rows
 run.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BadInput
@@ -28,6 +29,7 @@ class StoryItem:
     seed: int | None
     where: str  # file:line, for messages
     error: str = ""
+    references: list[str] = field(default_factory=list)  # pictures that hold the cast: the generator's
 
 
 def read_stories(path: str | Path) -> list[StoryItem]:
@@ -70,17 +72,22 @@ def _fill_from_row(item: StoryItem, row, folder: Path) -> None:
     if not isinstance(row, dict):
         raise ValueError("expected a JSON object")
     item.instruction = str(row.get("instruction", "")).strip()
-    images = row.get("images", [])
-    if isinstance(images, str) or not isinstance(images, list):
-        raise ValueError("'images' must be a list of paths")
-    for image in images:
-        inside(folder, str(image), "an image")
-    item.images = [str(folder / image) for image in images]  # as given: the story's id hashes these
+    item.images = _paths(row, "images", folder)  # as given: the story's id hashes these
+    item.references = _paths(row, "references", folder)
     seed = row.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
         raise ValueError("'seed' must be a non-negative integer")
     item.seed = seed
     item.id = safe_id(str(row["id"])) if row.get("id") is not None else ""
+
+
+def _paths(row: dict, key: str, folder: Path) -> list[str]:
+    names = row.get(key, [])
+    if isinstance(names, str) or not isinstance(names, list):
+        raise ValueError(f"'{key}' must be a list of paths")
+    for name in names:
+        inside(folder, str(name), "an image")
+    return [str(folder / name) for name in names]
 
 
 def inside(folder: Path, name: str, what: str) -> Path:
@@ -112,7 +119,8 @@ def safe_id(text: str) -> str:
 def story_id(item: StoryItem) -> str:
     """Stable across reruns and edits of other lines: a slug of the instruction and a hash of the inputs."""
     slug = re.sub(r"[^a-z0-9]+", "-", item.instruction.lower()).strip("-")[:40].strip("-") or "story"
-    digest = hashlib.sha1(json.dumps([item.instruction, item.images, item.seed]).encode()).hexdigest()[:8]
+    inputs = [item.instruction, item.images, item.seed] + ([item.references] if item.references else [])
+    digest = hashlib.sha1(json.dumps(inputs).encode()).hexdigest()[:8]
     return f"{slug}-{digest}"
 
 

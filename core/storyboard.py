@@ -1,7 +1,8 @@
 """The storyboard: the story, its steps and every attempt, saved as a folder a person can browse.
 
 A saved storyboard folder holds ``storyboard.json`` (versioned), ``steps/`` (the kept image of each step),
-``attempts/`` (every generated image), ``inputs/`` (the user's images), ``index.html`` and ``story.md``.
+``attempts/`` (every generated image), ``inputs/`` (the user's images), ``references/`` (the pictures that
+hold the cast, when the story has any), ``index.html`` and ``story.md``.
 Folders are written under a temporary name and renamed into place, so a reader never sees half of one.
 """
 
@@ -24,6 +25,8 @@ from .messages import to_rgb, white_canvas
 from .pages import badge, escape, page
 from .print_pages import is_print_file, write_pages
 from .protocol import Plan, PlanStep, Verdict
+from .settings import ANCHOR_FIRST
+from .stories import inside
 
 SCHEMA_VERSION = 1
 FILENAME = "storyboard.json"
@@ -39,7 +42,7 @@ CRITIC_FAILED = "the Critic could not be used"
 
 # What a storyboard folder holds: a folder of only these (say, its JSON lost) is what is left of one.
 _LAYOUT_FILES = {FILENAME, "index.html", "story.md"}
-_LAYOUT_FOLDERS = {"inputs", "steps", "attempts"}
+_LAYOUT_FOLDERS = {"inputs", "steps", "attempts", "references"}
 
 
 class StoryboardError(BadInput):
@@ -68,8 +71,11 @@ class Attempt:
     critic_error: str = ""
     generate_seconds: float = 0.0
     critic_seconds: float = 0.0
+    # What the generator was given beside the edited picture: "reference 1", "step 1" (an anchor), ...
+    references: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self.references = tuple(self.references)
         if self.status not in ATTEMPT_STATUSES:
             raise StoryboardError(f"unknown attempt status {self.status!r}")
         self.image = normalize_image(self.image)
@@ -122,6 +128,8 @@ class Storyboard:
     plan: Plan
     steps: list[Step]
     input_images: list[Image.Image] = field(default_factory=list)
+    # Pictures that hold the cast (characters, a style, a place): the generator's, not the Planner's.
+    reference_images: list[Image.Image] = field(default_factory=list)
     width: int = 1024
     height: int = 1024
     seed: int = 0
@@ -135,6 +143,7 @@ class Storyboard:
 
     def __post_init__(self) -> None:
         self.input_images = [normalize_image(image) for image in self.input_images]
+        self.reference_images = [normalize_image(image) for image in self.reference_images]
 
     # -- reading ------------------------------------------------------------------------------------------
     @property
@@ -164,6 +173,17 @@ class Storyboard:
         source = self.edit_source(index)
         return source if source is not None else white_canvas(self.width, self.height)
 
+    def extra_references(self, index: int, anchor: str) -> list[tuple[str, Image.Image]]:
+        """``(label, picture)`` for what step ``index``'s generator call carries beside its edit source: the
+        story's references, then with ``anchor="first"`` the story's first picture, unless that is the very
+        picture being edited (the step right after it, or a first step)."""
+        extras = [(f"reference {i + 1}", image) for i, image in enumerate(self.reference_images)]
+        if anchor == ANCHOR_FIRST:
+            first = next((step for step in self.steps[:index] if step.image is not None), None)
+            if first is not None and first.image is not self.edit_source(index):
+                extras.append((f"step {first.number}", first.image))
+        return extras
+
     # -- file names inside a saved folder ----------------------------------------------------------------
     @staticmethod
     def step_file(step: Step) -> str:
@@ -176,6 +196,10 @@ class Storyboard:
     @staticmethod
     def input_file(index: int) -> str:
         return f"inputs/input-{index + 1:02d}.png"
+
+    @staticmethod
+    def reference_file(index: int) -> str:
+        return f"references/reference-{index + 1:02d}.png"
 
     @staticmethod
     def is_saved(folder: str | Path) -> bool:
@@ -249,6 +273,12 @@ class Storyboard:
             },
             "plan": self.plan.to_dict(),
             "inputs": [self.input_file(i) for i in range(len(self.input_images))],
+            # Added after 0.1.0, written only when there are some: older storyboards save as they were.
+            **(
+                {"references": [self.reference_file(i) for i in range(len(self.reference_images))]}
+                if self.reference_images
+                else {}
+            ),
             "steps": [
                 {
                     "step_number": step.number,
@@ -270,6 +300,7 @@ class Storyboard:
                             "critic_error": a.critic_error,
                             "generate_seconds": a.generate_seconds,
                             "critic_seconds": a.critic_seconds,
+                            **({"references": list(a.references)} if a.references else {}),
                         }
                         for a in step.attempts
                     ],
@@ -311,6 +342,10 @@ class Storyboard:
         data = self.to_dict()
         for image, name in zip(self.input_images, data["inputs"]):
             image.save(root / name)
+        if self.reference_images:
+            (root / "references").mkdir()
+            for image, name in zip(self.reference_images, data["references"]):
+                image.save(root / name)
         for step in self.steps:
             for attempt in step.attempts:
                 attempt.image.save(root / self.attempt_file(step, attempt))
@@ -348,13 +383,14 @@ class Storyboard:
                         prompt=a["prompt"],
                         seed=a["seed"],
                         route=a["route"],
-                        image=_open(folder / a["image"]),
+                        image=_inside(folder, a["image"]),
                         status=a["status"],
                         verdict=_verdict(a.get("verdict")),
                         critic_output=a.get("critic_output", ""),
                         critic_error=a.get("critic_error", ""),
                         generate_seconds=a.get("generate_seconds", 0.0),
                         critic_seconds=a.get("critic_seconds", 0.0),
+                        references=tuple(a.get("references", ())),
                     )
                     for a in raw["attempts"]
                 ]
@@ -365,7 +401,8 @@ class Storyboard:
                 mode=data["mode"],
                 plan=plan,
                 steps=steps,
-                input_images=[_open(folder / name) for name in data.get("inputs", [])],
+                input_images=[_inside(folder, name) for name in data.get("inputs", [])],
+                reference_images=[_inside(folder, name) for name in data.get("references", [])],
                 width=data["width"],
                 height=data["height"],
                 seed=data["seed"],
@@ -379,6 +416,15 @@ class Storyboard:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise StoryboardError(f"{path} is damaged: {error}") from None
+
+
+def _inside(folder: Path, name: str) -> Image.Image:
+    """A picture a storyboard names, refused when the name leaves its folder (the JSON may be anyone's)."""
+    try:
+        path = inside(folder, str(name), "a picture")
+    except ValueError as error:  # an absolute name, "..", or a link out of the folder
+        raise StoryboardError(f"{folder / FILENAME} is damaged: {error}") from None
+    return _open(path)
 
 
 def _open(path: Path) -> Image.Image:
@@ -431,15 +477,19 @@ def render_html(story: Storyboard) -> str:
             f"<p class=warn>The Critic could not be used for {len(failed)} of {len(story.attempts)} "
             f"pictures: they are kept unchecked. {e(failed[0].critic_error)}</p>"
         )
-    if story.input_images:
-        out.append(
-            "<div class=inputs>"
-            + "".join(
-                f'<img src="{story.input_file(i)}" alt="input {i + 1}">'
-                for i in range(len(story.input_images))
-            )
-            + "</div>"
+    inputs = [story.input_file(i) for i in range(len(story.input_images))]
+    references = [story.reference_file(i) for i in range(len(story.reference_images))]
+    out += [
+        row
+        for row in (
+            _picture_row(inputs, "input"),
+            _picture_row(references, "reference", "<p class=meta>References</p>"),
         )
+        if row
+    ]
+    note = (story.settings.get("references") or {}).get("note")
+    if note:
+        out.append(f"<p class=warn>{e(note)}</p>")
     for step in story.steps:
         title = e(step.plan_step.step_name or f"Step {step.number}")
         out.append(
@@ -463,13 +513,25 @@ def render_html(story: Storyboard) -> str:
                     f"<p><b>Attempt {a.number}</b>{badge(a.status)}</p>"
                     f"<p><code>{e(a.prompt)}</code></p>"
                     + (f"<p>{e(reason)}</p>" if reason else "")
-                    + f"<p class=meta>{e(a.route)} · seed {a.seed} · generate {a.generate_seconds:.2f} s"
+                    + f"<p class=meta>{e(a.route)}{e(_with(a.references))} · seed {a.seed}"
+                    f" · generate {a.generate_seconds:.2f} s"
                     f" · critic {a.critic_seconds:.2f} s</p></div></div>"
                 )
             out.append("</details>")
         out.append("</section>")
     out.append(f"<details><summary>Plan</summary><pre>{e(story.plan.to_json())}</pre></details>")
     return page(story.instruction[:80], "\n".join(out), _CSS)
+
+
+def _picture_row(files: list[str], what: str, title: str = "") -> str:
+    if not files:
+        return ""
+    pictures = "".join(f'<img src="{name}" alt="{what} {i + 1}">' for i, name in enumerate(files))
+    return f"<div class=inputs>{title}{pictures}</div>"
+
+
+def _with(references: tuple[str, ...]) -> str:
+    return f" with {', '.join(references)}" if references else ""
 
 
 # Markdown that makes links, pictures, HTML, code or emphasis anywhere, and block syntax at a line's start.

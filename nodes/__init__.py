@@ -7,7 +7,7 @@ inside the functions that need them, so these classes import and describe themse
 from .agent_nodes import Critic, LoadAgent, Planner
 from .page_nodes import StoryboardPage
 from .protocol_nodes import CriticPrompt, ParsePlan, ParseVerdict, PlannerPrompt
-from .story_nodes import PlanToPrompts, RefineLoop, SaveStoryboard, StoryList
+from .story_nodes import PlanToPrompts, RefineLoop, ResumeStoryboard, SaveStoryboard, StoryList
 
 # Plain dict literals with string keys, not built in a loop: ComfyUI-Manager's scanner reads the node ids
 # from the source without importing it. Saved workflows hold the ids: never rename one.
@@ -24,6 +24,7 @@ NODE_CLASS_MAPPINGS = {
     "InterleaveThinkerCriticPrompt": CriticPrompt,
     "InterleaveThinkerParseVerdict": ParseVerdict,
     "InterleaveThinkerStoryboardPage": StoryboardPage,
+    "InterleaveThinkerResumeStoryboard": ResumeStoryboard,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -39,6 +40,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "InterleaveThinkerCriticPrompt": "Critic Prompt",
     "InterleaveThinkerParseVerdict": "Parse Verdict",
     "InterleaveThinkerStoryboardPage": "Storyboard Page",
+    "InterleaveThinkerResumeStoryboard": "Resume Storyboard",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -5,15 +5,23 @@ Text goes through ComfyUI's CLIPTextEncode, latents through its VAEEncode/VAEDec
 ``node_helpers.conditioning_set_values(..., {"reference_latents": [latent]}, append=True)``, exactly as the
 core ReferenceLatent node does. So every model family ComfyUI loads works, and the edit route is picked per
 family.
+
+A story's reference pictures ride the same way: on the reference route each one is encoded and appended after
+the before image's latent, as a chain of ReferenceLatent nodes would (in text-to-image too, so step 1 already
+holds the cast); Qwen-Image-Edit-Plus takes them as image2/image3 of TextEncodeQwenImageEditPlus. img2img and
+text-to-image take none.
 """
 
 from __future__ import annotations
 
+import math
+
 from PIL import Image
 
+from ..core import settings
 from ..core.generators.base import IMG2IMG, REFERENCE, TEXT_TO_IMAGE, GeneratorError, check_route
 from ..core.messages import to_rgb
-from .host import module
+from .host import module, optional_module
 from .images import to_pil, to_tensor
 
 # ComfyUI model classes (comfy/model_base.py) whose conditioning reads "reference_latents".
@@ -25,6 +33,12 @@ REFERENCE_CONFIGS = ("Flux", "Flux2", "QwenImage", "Omnigen2")
 # Every FLUX.2 model (dev, klein and variants to come) is an edit model, whatever its configuration is called.
 REFERENCE_FAMILY_PREFIXES = ("Flux2",)
 QWEN_IMAGE = "QwenImage"
+# TextEncodeQwenImageEditPlus reads three pictures: the before image and two references.
+QWEN_PLUS_NODE = "TextEncodeQwenImageEditPlus"
+QWEN_PLUS_REFERENCES = 2
+# References are drawn to about the story's picture area (as FluxKontextImageScale does to its own), on a grid
+# every latent model divides: a phone photo must not become a latent many times the picture's size.
+REFERENCE_GRID = 16
 # ComfyUI's own FLUX.2 [klein] templates are saved with this version; older ones cannot load klein at all.
 FLUX2_COMFYUI = "0.8.2"
 
@@ -63,6 +77,24 @@ def resolve_route(model, requested: str) -> str:
     return requested
 
 
+def reference_slots(family: str, route: str) -> int:
+    """How many reference pictures a call can carry beside the before image: every one the story may have on
+    the reference route (the conditioning holds a list), two for Qwen-Image-Edit-Plus, none otherwise."""
+    if route != REFERENCE:
+        return 0
+    if family == QWEN_IMAGE:
+        qwen = optional_module("comfy_extras.nodes_qwen")
+        return QWEN_PLUS_REFERENCES if hasattr(qwen, QWEN_PLUS_NODE) else 0
+    return settings.MAX_REFERENCES
+
+
+def reference_size(size: tuple[int, int], area: int) -> tuple[int, int]:
+    """``size`` scaled to about ``area`` pixels, its aspect kept, on the REFERENCE_GRID."""
+    width, height = size
+    scale = math.sqrt(area / max(1, width * height))
+    return tuple(max(REFERENCE_GRID, round(side * scale / REFERENCE_GRID) * REFERENCE_GRID) for side in size)
+
+
 class ComfyGenerator:
     """Text-to-image and edits with ComfyUI's sampling functions (the engine's Generator protocol)."""
 
@@ -99,19 +131,31 @@ class ComfyGenerator:
         self.family = model_family(model)
         self.edit_route = resolve_route(model, edit_route)
         self.name = f"ComfyUI {self.family}"
+        # Read by the loop (core.generators.reference_capacity): it passes references= only when above 0.
+        self.max_references = reference_slots(self.family, self.edit_route)
         self._negative_cond = None
 
     # -- the Generator protocol ---------------------------------------------------------------------------
-    def text_to_image(self, prompt: str, *, width: int, height: int, seed: int) -> Image.Image:
+    def text_to_image(
+        self, prompt: str, *, width: int, height: int, seed: int, references=None
+    ) -> Image.Image:
         import torch
 
+        references = self._check_references(references)
         ratio = self.vae.spacial_compression_encode()
         latent = torch.zeros([1, self.vae.latent_channels, max(1, height // ratio), max(1, width // ratio)])
-        return self._sample(self._encode(prompt), {"samples": latent}, seed, 1.0, (width, height))
+        if not references:
+            positive = self._encode(prompt)
+        elif self.family == QWEN_IMAGE:
+            positive = self._encode_qwen_plus(prompt, [to_tensor([image]) for image in references])
+        else:
+            positive = self._append_references(self._encode(prompt), references, (width, height))
+        return self._sample(positive, {"samples": latent}, seed, 1.0, (width, height))
 
-    def edit(self, before: Image.Image, prompt: str, *, seed: int) -> Image.Image:
+    def edit(self, before: Image.Image, prompt: str, *, seed: int, references=None) -> Image.Image:
         import torch
 
+        references = self._check_references(references)
         before = to_rgb(before)
         if self.edit_route == TEXT_TO_IMAGE:
             return self.text_to_image(prompt, width=before.width, height=before.height, seed=seed)
@@ -119,9 +163,19 @@ class ComfyGenerator:
         encoded = self._nodes().VAEEncode().encode(self.vae, pixels)[0]
         if self.edit_route == IMG2IMG:
             return self._sample(self._encode(prompt), encoded, seed, self.denoise, before.size)
-        positive = self._encode_reference(prompt, pixels, encoded["samples"])
+        positive = self._encode_reference(prompt, pixels, encoded["samples"], references, before.size)
         empty = {"samples": torch.zeros_like(encoded["samples"])}
         return self._sample(positive, empty, seed, 1.0, before.size)
+
+    def _check_references(self, references) -> list[Image.Image]:
+        references = [to_rgb(image) for image in references or ()]
+        if len(references) > self.max_references:
+            raise GeneratorError(
+                f"{self.name} on the {self.edit_route} route takes {self.max_references} reference "
+                f"picture(s) a call, got {len(references)}"
+                + ("" if self.max_references else ": only the reference route (edit models) uses them")
+            )
+        return references
 
     # -- ComfyUI calls ------------------------------------------------------------------------------------
     @staticmethod
@@ -138,17 +192,42 @@ class ComfyGenerator:
         # What FluxGuidance does; models without a guidance embedding ignore the value.
         return module("node_helpers").conditioning_set_values(conditioning, {"guidance": self.guidance})
 
-    def _encode_reference(self, prompt: str, pixels, latent):
+    def _encode_reference(self, prompt: str, pixels, latent, references=(), size=(0, 0)):
         if self.family == QWEN_IMAGE:
+            if references:  # the Plus encoder: the before image first, then the references
+                return self._encode_qwen_plus(prompt, [pixels] + [to_tensor([image]) for image in references])
             # Qwen-Image-Edit also reads the before image through its vision-language text encoder.
             qwen = module("comfy_extras.nodes_qwen")
             output = qwen.TextEncodeQwenImageEdit.execute(
                 clip=self.clip, prompt=prompt, vae=self.vae, image=pixels
             )
             return self._with_guidance(output[0])
-        return module("node_helpers").conditioning_set_values(
+        conditioning = module("node_helpers").conditioning_set_values(
             self._encode(prompt), {"reference_latents": [latent]}, append=True
         )
+        return self._append_references(conditioning, references, size)
+
+    def _append_references(self, conditioning, references, size: tuple[int, int]):
+        """Each reference's latent after those already there: a chain of ReferenceLatent nodes."""
+        helpers = module("node_helpers")
+        encode = self._nodes().VAEEncode().encode
+        area = size[0] * size[1]
+        for image in references:
+            scaled = reference_size(image.size, area)
+            if scaled != image.size:
+                image = image.resize(scaled, Image.Resampling.LANCZOS)
+            latent = encode(self.vae, to_tensor([image]))[0]["samples"]
+            conditioning = helpers.conditioning_set_values(
+                conditioning, {"reference_latents": [latent]}, append=True
+            )
+        return conditioning
+
+    def _encode_qwen_plus(self, prompt: str, images: list):
+        """TextEncodeQwenImageEditPlus with ``images`` as image1, image2, image3 (it scales them itself)."""
+        qwen = module("comfy_extras.nodes_qwen")
+        slots = {f"image{number}": image for number, image in enumerate(images, 1)}
+        output = getattr(qwen, QWEN_PLUS_NODE).execute(clip=self.clip, prompt=prompt, vae=self.vae, **slots)
+        return self._with_guidance(output[0])
 
     def _sample(
         self, positive, latent: dict, seed: int, denoise: float, size: tuple[int, int]

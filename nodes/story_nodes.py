@@ -1,4 +1,5 @@
-"""Refine Loop, Plan to Prompts, Save Storyboard and Story List: the story side of the pack."""
+"""Refine Loop, Resume Storyboard, Plan to Prompts, Save Storyboard and Story List: the story side of the
+pack."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 from ..core import settings
 from ..core.errors import BadInput
 from ..core.generators.base import EDIT_ROUTE_CHOICES
-from ..core.loop import LoopConfig, StepDone, VerdictReady, run_plan
+from ..core.loop import LoopConfig, StepDone, VerdictReady, check_references, resume, run_plan
 from ..core.stories import STORY_FILE_SUFFIXES, read_stories
-from ..core.storyboard import Storyboard, StoryboardError
+from ..core.storyboard import FILENAME, Storyboard, StoryboardError
 from .host import (
     NodeError,
     Progress,
@@ -23,7 +24,7 @@ from .host import (
     module,
     output_directory,
 )
-from .images import to_tensor
+from .images import to_pil, to_tensor
 from .sampling import ComfyGenerator
 from .types import AGENT, CATEGORY, PLAN, STORYBOARD, sampler_choices
 
@@ -167,6 +168,26 @@ class RefineLoop:
                         "the best one (whose verdict names the fewest problems; the storyboard says why).",
                     },
                 ),
+                "references": (
+                    "IMAGE",
+                    {
+                        "tooltip": "Pictures that hold the cast (a character, a style, a place): each image "
+                        "of the batch is one reference, given to the model with every step. Only edit models "
+                        f"on the reference route use them (FLUX Kontext, FLUX.2 and Omnigen2 up to "
+                        f"{settings.MAX_REFERENCES}, Qwen-Image-Edit-Plus two); img2img and text-to-image "
+                        "models do not use "
+                        "references, and the storyboard says so. The Planner's images stay separate.",
+                    },
+                ),
+                "anchor": (
+                    list(settings.ANCHOR_CHOICES),
+                    {
+                        "default": settings.DEFAULT_ANCHOR,
+                        "tooltip": "first: every edit also gets the story's first picture, so a long chain "
+                        "of edits keeps looking back at where it began. none: each edit sees only the "
+                        "picture it edits (and the references). Reference route only.",
+                    },
+                ),
             },
         }
 
@@ -190,22 +211,17 @@ class RefineLoop:
         critic=None,
         guidance=None,
         keep_attempt=None,
+        references=None,
+        anchor=None,
     ):
         story_plan = plan  # the PLAN input: a StoryPlan (the input's name is stored in saved workflows)
         with engine_errors():
-            generator = ComfyGenerator(
-                model,
-                clip,
-                vae,
-                negative=negative_prompt,
-                steps=steps,
-                cfg=cfg,
-                sampler_name=sampler_name,
-                scheduler=scheduler,
-                denoise=denoise,
-                edit_route=edit_route,
-                guidance=guidance,
-            )
+            cast = to_pil(references)
+            check_references(cast)  # before any model is called
+            generator = _generator(
+                model, clip, vae, negative_prompt, steps, cfg, sampler_name, scheduler, edit_route, denoise,
+                guidance,
+            )  # fmt: skip
             config = LoopConfig(
                 max_attempts=max_attempts,
                 max_steps=settings.MAX_PLAN_STEPS,
@@ -213,21 +229,10 @@ class RefineLoop:
                 width=width,
                 height=height,
                 mode=story_plan.mode,
-                keep_attempt=keep_attempt or settings.DEFAULT_KEEP,  # left out by workflows saved before it
+                # Left out by workflows saved before these inputs: the defaults they ran with.
+                keep_attempt=keep_attempt or settings.DEFAULT_KEEP,
+                anchor=anchor or settings.DEFAULT_ANCHOR,
             )
-        image_steps = [index for index, step in enumerate(story_plan.steps) if step.makes_image]
-        progress = Progress(len(image_steps) * max_attempts)
-        done = {"attempts": 0}
-
-        def on_event(event) -> None:
-            if isinstance(event, VerdictReady):
-                done["attempts"] += 1
-                progress.set(done["attempts"])
-            elif isinstance(event, StepDone) and event.step.image is not None:
-                # An accepted step skips its unused attempts on the bar, and shows its picture.
-                done["attempts"] = (image_steps.index(event.step_index) + 1) * max_attempts
-                progress.set(done["attempts"], preview=event.step.image)
-
         with engine_errors("the Critic"):
             story = run_plan(
                 story_plan.plan,
@@ -235,16 +240,229 @@ class RefineLoop:
                 critic,
                 instruction=story_plan.instruction,
                 images=story_plan.images,
+                references=cast,
                 mode=story_plan.mode,
                 config=config,
-                on_event=on_event,
+                on_event=_progress(story_plan.steps, max_attempts),
                 cancel=interrupted,
                 planning=story_plan.planning,
             )
-        story.settings["sampling"] = generator.settings()
-        # Every picture of a story has one size: the first step's, which every edit keeps.
-        attempts = [attempt.image for attempt in story.attempts]
-        return (to_tensor(story.images), story.text(), story, to_tensor(attempts))
+        return _outputs(story, generator)
+
+
+# What Resume Storyboard shares with the Refine Loop: the generator's inputs, declared once (Refine Loop's).
+_GENERATOR_INPUTS = (
+    "model",
+    "clip",
+    "vae",
+    "negative_prompt",
+    "steps",
+    "cfg",
+    "sampler_name",
+    "scheduler",
+    "edit_route",
+    "denoise",
+)
+KEEP_STORY_SEED = "the story's seed"
+
+
+class ResumeStoryboard:
+    """A saved storyboard redrawn from one step on: the steps before it stay exactly as they were."""
+
+    DESCRIPTION = (
+        "Opens a storyboard that Save Storyboard wrote and redraws it from one step on, with your "
+        "MODEL/CLIP/VAE and optional Critic: the steps before from_step are kept as they are (same pictures, "
+        "same record), later ones are drawn again, optionally with a new prompt for from_step. Attempts, "
+        "keep rule, anchoring and references are the story's own. Feed the result to Save Storyboard."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = RefineLoop.RETURN_TYPES
+    RETURN_NAMES = RefineLoop.RETURN_NAMES
+    OUTPUT_TOOLTIPS = RefineLoop.OUTPUT_TOOLTIPS
+    FUNCTION = "resume"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        loop = RefineLoop.INPUT_TYPES()
+        inputs = {**loop["required"], **loop["optional"]}
+        seed = dict(inputs["seed"][1])
+        seed["tooltip"] = (
+            "The seed later steps derive their noise from, used when keep_seed is off: a new seed gives "
+            "new pictures from from_step on."
+        )
+        return {
+            "required": {
+                "storyboard_folder": (
+                    "STRING",
+                    {
+                        "default": "InterleaveThinker/story_00001",
+                        "tooltip": "A folder Save Storyboard wrote, inside ComfyUI's output folder (its path "
+                        "from there, or Save Storyboard's folder output); '..' and folders outside the "
+                        "output folder are refused.",
+                    },
+                ),
+                "from_step": (
+                    "INT",
+                    {
+                        "default": 2,
+                        "min": 1,
+                        "max": settings.MAX_PLAN_STEPS,
+                        "tooltip": "The first step drawn again; every step before it is kept as saved.",
+                    },
+                ),
+                "prompt": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "tooltip": "A new prompt for from_step; empty keeps the plan's prompt.",
+                    },
+                ),
+                "keep_seed": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "label_on": KEEP_STORY_SEED,
+                        "label_off": "the seed below",
+                        "tooltip": "On: later steps use the story's own seed (only from_step's new prompt "
+                        "changes them). Off: they use the seed below.",
+                    },
+                ),
+                "seed": ("INT", seed),
+                **{name: inputs[name] for name in _GENERATOR_INPUTS},
+            },
+            "optional": {name: inputs[name] for name in ("critic", "guidance")},
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, storyboard_folder):
+        """A folder outside the output folder, or one with no storyboard, is refused when queued; a linked
+        one (None here) when the node runs."""
+        if storyboard_folder is None:
+            return True
+        try:
+            _storyboard_folder(storyboard_folder)
+        except NodeError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, storyboard_folder, **kwargs):
+        """A storyboard saved again under the same name runs again."""
+        try:
+            stat = (_storyboard_folder(storyboard_folder) / FILENAME).stat()
+        except (NodeError, OSError, TypeError):
+            return "missing"
+        return hashlib.sha256(f"{storyboard_folder}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+
+    def resume(
+        self,
+        storyboard_folder,
+        from_step,
+        prompt,
+        keep_seed,
+        seed,
+        model,
+        clip,
+        vae,
+        negative_prompt,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        edit_route,
+        denoise,
+        critic=None,
+        guidance=None,
+    ):
+        folder = _storyboard_folder(storyboard_folder)
+        with engine_errors():
+            saved = Storyboard.load(folder)
+            generator = _generator(
+                model, clip, vae, negative_prompt, steps, cfg, sampler_name, scheduler, edit_route, denoise,
+                guidance,
+            )  # fmt: skip
+        loop = saved.settings.get("loop") if isinstance(saved.settings.get("loop"), dict) else {}
+        max_attempts = loop.get("max_attempts", settings.DEFAULT_MAX_ATTEMPTS)
+        with engine_errors("the Critic"):
+            story = resume(
+                saved,
+                from_step,
+                generator,
+                critic,
+                prompt=prompt if prompt.strip() else None,
+                seed=None if keep_seed else seed,
+                on_event=_progress(saved.plan.steps, max_attempts),
+                cancel=interrupted,
+            )
+        return _outputs(story, generator)
+
+
+def _generator(
+    model, clip, vae, negative_prompt, steps, cfg, sampler_name, scheduler, edit_route, denoise, guidance
+) -> ComfyGenerator:
+    return ComfyGenerator(
+        model,
+        clip,
+        vae,
+        negative=negative_prompt,
+        steps=steps,
+        cfg=cfg,
+        sampler_name=sampler_name,
+        scheduler=scheduler,
+        denoise=denoise,
+        edit_route=edit_route,
+        guidance=guidance,
+    )
+
+
+def _progress(plan_steps, max_attempts: int):
+    """The loop's events on ComfyUI's progress bar: one stretch of max_attempts per image step."""
+    image_steps = [index for index, step in enumerate(plan_steps) if step.makes_image]
+    progress = Progress(len(image_steps) * max_attempts)
+    done = {"attempts": 0}
+
+    def on_event(event) -> None:
+        if isinstance(event, VerdictReady):
+            done["attempts"] += 1
+            progress.set(done["attempts"])
+        elif isinstance(event, StepDone) and event.step.image is not None:
+            # A finished step (accepted, or kept from a saved story) skips its unused attempts on the bar,
+            # and shows its picture.
+            done["attempts"] = (image_steps.index(event.step_index) + 1) * max_attempts
+            progress.set(done["attempts"], preview=event.step.image)
+
+    return on_event
+
+
+def _outputs(story: Storyboard, generator: ComfyGenerator):
+    story.settings["sampling"] = generator.settings()
+    # Every picture of a story has one size: the first step's, which every edit keeps.
+    attempts = [attempt.image for attempt in story.attempts]
+    return (to_tensor(story.images), story.text(), story, to_tensor(attempts))
+
+
+def _storyboard_folder(name) -> Path:
+    """A saved storyboard folder inside ComfyUI's output folder, named from there (or, as Save Storyboard's
+    folder output gives it, by its full path there); a NodeError saying what to fix otherwise."""
+    output = output_directory().resolve()
+    text = str(name or "").strip()
+    where = "the output folder (e.g. InterleaveThinker/story_00001)"
+    if Path(text).is_absolute():
+        path = Path(text).resolve()
+    else:
+        path = output.joinpath(*check_inside(text, "storyboard_folder", where)).resolve()
+    # An absolute path elsewhere, or a link leading out (of the folder or of its storyboard.json).
+    if output not in path.parents or output not in (path / FILENAME).resolve().parents:
+        raise NodeError(
+            f"storyboard_folder must stay inside {where}: no path or link leading out (got {name!r})"
+        )
+    if not Storyboard.is_saved(path):
+        raise NodeError(
+            f"no saved storyboard in {name!r} inside the output folder: give a folder Save Storyboard wrote "
+            "(it holds storyboard.json)"
+        )
+    return path
 
 
 class PlanToPrompts:

@@ -8,10 +8,18 @@ import sys
 from pathlib import Path
 
 from ..core import settings
-from ..core.cli import EXIT_OK, Command, check_agent_options, endpoint_policy, quiet_libraries
+from ..core.cli import (
+    EXIT_OK,
+    Command,
+    add_step_choices,
+    check_agent_options,
+    endpoint_policy,
+    quiet_libraries,
+)
 from ..core.errors import BadInput
 from ..core.stories import safe_id
 from .shipped import MAX_NEW_TOKENS
+from .tasks import CAST_DRIFT, CAST_STEPS
 
 
 def _progress(quiet: bool, label: str):
@@ -102,19 +110,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.storyboards:
         return _eval_storyboards(args)
     from .evaluate import evaluate, format_table, write_reports
+    from .generator import FailureModel, SandboxGenerator
     from .shipped import default_critics, default_planner, label
-    from .tasks import TaskError, load_tasks, make_tasks
+    from .tasks import TaskError, cast_tasks, load_tasks, make_tasks
 
     if args.tasks < 1:
         raise BadInput(f"--tasks must be at least 1, got {args.tasks}")
+    if args.cast and args.tasks_file:
+        raise BadInput("--cast makes its own tasks: leave out --tasks-file")
+    drift = args.drift if args.drift is not None else (CAST_DRIFT if args.cast else 0.0)
+    if not 0.0 <= drift <= 1.0:
+        raise BadInput(f"--drift must be a probability in [0, 1], got {drift}")
     try:
-        tasks = (
-            load_tasks(args.tasks_file)
-            if args.tasks_file
-            else make_tasks(args.split, args.tasks, seed=args.task_seed)
-        )
+        if args.cast:
+            tasks = cast_tasks(args.tasks, seed=args.task_seed)
+        elif args.tasks_file:
+            tasks = load_tasks(args.tasks_file)
+        else:
+            tasks = make_tasks(args.split, args.tasks, seed=args.task_seed)
     except TaskError as error:
         raise BadInput(str(error)) from None
+    if args.references and not any(task.cast for task in tasks):
+        raise BadInput("--references gives each story its cast pictures: only the --cast suite has a cast")
+    generator = SandboxGenerator(FailureModel(drift=drift))
     planner_spec = args.planner or default_planner()
     planner = _load(planner_spec, "planner", args, args.planner_model)
     critics = args.critic or default_critics()
@@ -135,14 +153,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 progress=_progress(args.quiet, label(spec)),
                 keep=keep,
                 keep_attempt=args.keep_attempt,
+                generator=generator,
+                references=args.references,
+                anchor=args.anchor,
             )
         )
     table = format_table(reports)
-    source = args.tasks_file or f"{args.split} split, {len(tasks)} tasks"
+    if args.cast:
+        source = f"cast suite, {len(tasks)} stories of {CAST_STEPS} steps"
+    else:
+        source = args.tasks_file or f"{args.split} split, {len(tasks)} tasks"
+    extras = "".join(
+        part
+        for part in (
+            f"; drift {drift:g}" if drift else "",
+            "; references on" if args.references else "",
+            f"; anchor {args.anchor}" if args.anchor != settings.ANCHOR_NONE else "",
+            f"; keep {args.keep_attempt}" if args.keep_attempt != settings.DEFAULT_KEEP else "",
+        )
+    )
     print(
         f"Planner: {label(planner_spec, 'planner')} ({getattr(planner, 'name', planner_spec)}); "
         f"tasks: {source}; "
-        f"max attempts {args.max_attempts}; seed {args.seed}\n"
+        f"max attempts {args.max_attempts}; seed {args.seed}{extras}\n"
     )
     print(table)
     paths = write_reports(reports, args.out)
@@ -255,12 +288,22 @@ def _configure_eval(ev: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--out", default="interleave-eval", metavar="DIR", help="output folder (default ./interleave-eval)"
     )
+    add_step_choices(ev)
     ev.add_argument(
-        "--keep-attempt",
-        default=settings.DEFAULT_KEEP,
-        choices=settings.KEEP_CHOICES,
-        help="when every attempt of a step is rejected, keep the last or the best (fewest problems named); "
-        f"default {settings.DEFAULT_KEEP}",
+        "--cast",
+        action="store_true",
+        help=f"the cast suite: {CAST_STEPS}-step stories whose two first objects must keep their colour and "
+        f"shape, drawn by a generator whose edits drift (--drift, default {CAST_DRIFT:g} here)",
+    )
+    ev.add_argument(
+        "--references", action="store_true", help="give each cast story its cast pictures as references"
+    )
+    ev.add_argument(
+        "--drift",
+        type=float,
+        metavar="P",
+        help="chance that an edit changes an object it was not asked to touch (default 0; cast suite "
+        f"{CAST_DRIFT:g})",
     )
     ev.add_argument(
         "--save-storyboards", action="store_true", help="also save every storyboard under OUT/storyboards"

@@ -7,7 +7,12 @@ Metrics (one column per Planner/Critic pairing):
 - story success: tasks with a valid plan and every step right;
 - attempts per step: generations per image step;
 - critic verdict accuracy over every judged attempt, and the precision and recall of its rejections
-  (a rejection is right when the picture really is wrong).
+  (a rejection is right when the picture really is wrong), at the first attempt and at later ones;
+- retry success: of the attempts the Critic rejected that were followed by another, the share whose next
+  attempt was right (what a Critic's refined prompt buys);
+- for stories with a cast (the cast suite): identity errors, cast members whose colour and shape are not in
+  a kept picture that should show them, counted against the task's own scenes (not against the picture
+  before), so drift that a Critic let through counts at every later step too.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ class TaskResult:
     steps: list[bool] = field(default_factory=list)  # one per task step
     attempts: list[int] = field(default_factory=list)  # per image step that ran
     verdicts: list[tuple[bool, bool]] = field(default_factory=list)  # (critic accepted, picture right)
+    first_verdicts: list[tuple[bool, bool]] = field(default_factory=list)  # the same, first attempts only
+    later_verdicts: list[tuple[bool, bool]] = field(default_factory=list)  # and second or later attempts
+    retries: list[bool] = field(default_factory=list)  # per rejected attempt with a next: was the next right
+    identity_errors: list[int] = field(default_factory=list)  # per image step, for tasks with a cast
     error: str = ""
 
     @property
@@ -59,6 +68,11 @@ class Report:
     verdict_accuracy: float = math.nan
     reject_precision: float = math.nan
     reject_recall: float = math.nan
+    reject_recall_first: float = math.nan
+    reject_recall_later: float = math.nan
+    retry_success: float = math.nan
+    identity_errors: float = math.nan  # per story
+    identity_error_steps: float = math.nan  # share of image steps with at least one
     image_steps: int = 0
     text_steps: int = 0
     judged_attempts: int = 0
@@ -98,11 +112,27 @@ def score_story(task: Task, story: Storyboard | None, error: str = "") -> TaskRe
         before = read(story.before_image(index))
         result.steps.append(judge_step(truth, before, step.image).success)
         result.attempts.append(len(step.attempts))
-        for attempt in step.attempts:
+        rights = [judge_step(truth, before, attempt.image).success for attempt in step.attempts]
+        for number, (attempt, right) in enumerate(zip(step.attempts, rights)):
             if attempt.status in (ACCEPTED, REJECTED):
-                right = judge_step(truth, before, attempt.image).success
                 result.verdicts.append((attempt.status == ACCEPTED, right))
+                (result.later_verdicts if number else result.first_verdicts).append(
+                    (attempt.status == ACCEPTED, right)
+                )
+            if attempt.status == REJECTED and number + 1 < len(rights):
+                result.retries.append(rights[number + 1])
+        if task.cast:
+            result.identity_errors.append(identity_errors(task, index, step.image))
     return result
+
+
+def identity_errors(task: Task, index: int, image) -> int:
+    """Cast members that task step ``index`` should show but whose colour and shape ``image`` lacks."""
+    expected = {(obj.shape, obj.colour) for _, obj in task.scenes[index].objects()}
+    seen = {(obj.shape, obj.colour) for _, obj in read(image).objects()}
+    return sum(
+        1 for obj in task.cast if (obj.shape, obj.colour) in expected and (obj.shape, obj.colour) not in seen
+    )
 
 
 def run_task(
@@ -115,8 +145,11 @@ def run_task(
     seed: int = 0,
     on_event=None,
     keep_attempt: str = settings.DEFAULT_KEEP,
+    references: bool = False,
+    anchor: str = settings.DEFAULT_ANCHOR,
 ) -> tuple[Storyboard | None, str]:
-    """One task through the full loop; (None, error) when the Planner never gives a valid plan."""
+    """One task through the full loop; (None, error) when the Planner never gives a valid plan.
+    ``references``: the task's cast pictures go to the generator as the story's references."""
     config = LoopConfig(
         max_attempts=max_attempts,
         seed=derive_seed(seed, task.id),
@@ -124,6 +157,7 @@ def run_task(
         height=task.height,
         mode=task.mode,
         keep_attempt=keep_attempt,
+        anchor=anchor,
     )
     try:
         story = run_story(
@@ -132,6 +166,7 @@ def run_task(
             generator or SandboxGenerator(),
             critic,
             images=task.input_images(),
+            references=task.reference_images() if references else (),
             config=config,
             on_event=on_event,
         )
@@ -149,6 +184,16 @@ def summarise(name: str, planner: str, critic: str, results: Sequence[TaskResult
     text = [ok for r in results if r.kind == "describe" for ok in r.steps]
     attempts = [n for r in results for n in r.attempts]
     verdicts = [v for r in results for v in r.verdicts]
+    first = [v for r in results for v in r.first_verdicts]
+    later = [v for r in results for v in r.later_verdicts]
+    retries = [ok for r in results for ok in r.retries]
+    identity = [r.identity_errors for r in results if r.identity_errors]
+    report.retry_success = _mean(retries)
+    if identity:
+        report.identity_errors = _mean([sum(errors) for errors in identity])
+        report.identity_error_steps = _mean([n > 0 for errors in identity for n in errors])
+    report.reject_recall_first = _recall(first)
+    report.reject_recall_later = _recall(later)
     report.valid_plan_rate = _mean([r.plan_valid for r in results])
     report.step_success = _mean(image)
     report.text_success = _mean(text)
@@ -165,6 +210,12 @@ def summarise(name: str, planner: str, critic: str, results: Sequence[TaskResult
     return report
 
 
+def _recall(verdicts: Sequence[tuple[bool, bool]]) -> float:
+    """Of the wrong pictures, the share the Critic rejected."""
+    wrong = [accepted for accepted, right in verdicts if not right]
+    return _mean([not accepted for accepted in wrong])
+
+
 def evaluate(
     tasks: Sequence[Task],
     planner: Agent,
@@ -176,13 +227,25 @@ def evaluate(
     progress: Callable[[Iterable], Iterable] | None = None,
     keep: Callable[[Task, Storyboard], None] | None = None,
     keep_attempt: str = settings.DEFAULT_KEEP,
+    generator: SandboxGenerator | None = None,
+    references: bool = False,
+    anchor: str = settings.DEFAULT_ANCHOR,
 ) -> Report:
-    """Run every task with ``planner`` and ``critic`` and summarise the oracle's scores."""
-    generator = SandboxGenerator()
+    """Run every task with ``planner`` and ``critic`` and summarise the oracle's scores. ``generator``:
+    the sandbox generator to draw with (default: its standard failure model, no drift)."""
+    generator = generator or SandboxGenerator()
     results = []
     for task in progress(tasks) if progress else tasks:
         story, error = run_task(
-            task, planner, critic, generator, max_attempts=max_attempts, seed=seed, keep_attempt=keep_attempt
+            task,
+            planner,
+            critic,
+            generator,
+            max_attempts=max_attempts,
+            seed=seed,
+            keep_attempt=keep_attempt,
+            references=references,
+            anchor=anchor,
         )
         results.append(score_story(task, story, error))
         if keep is not None and story is not None:
@@ -205,6 +268,14 @@ ROWS = (
     ("critic verdict accuracy", "verdict_accuracy", "pct"),
     ("rejection precision", "reject_precision", "pct"),
     ("rejection recall", "reject_recall", "pct"),
+    ("rejection recall, first attempt", "reject_recall_first", "pct"),
+    ("rejection recall, later attempts", "reject_recall_later", "pct"),
+    ("retry success", "retry_success", "pct"),
+)
+# Shown only when some report measured them (the cast suite).
+IDENTITY_ROWS = (
+    ("identity errors per story", "identity_errors", "num"),
+    ("steps with an identity error", "identity_error_steps", "pct"),
 )
 
 
@@ -218,7 +289,8 @@ def format_table(reports: Sequence[Report]) -> str:
     """A Markdown table: one row per metric, one column per report."""
     header = "| metric | " + " | ".join(r.name for r in reports) + " |"
     lines = [header, "|---|" + "---:|" * len(reports)]
-    for label, key, kind in ROWS:
+    shown = ROWS + (IDENTITY_ROWS if any(not math.isnan(r.identity_errors) for r in reports) else ())
+    for label, key, kind in shown:
         lines.append(f"| {label} | " + " | ".join(_cell(getattr(r, key), kind) for r in reports) + " |")
     counts = ", ".join(
         f"{r.name}: {r.tasks} tasks, {r.image_steps} image steps, {r.text_steps} text steps, "

@@ -14,6 +14,13 @@ with a known probability from a random stream fixed by the seed, the prompt and 
 | names an object that several objects match            | one of them, chosen at random           | (1-1/k) |
 | leaves out a colour, a size or a place                | chosen at random                        |         |
 
+Chained edits also drift, whatever the prompt says (``drift``, off unless asked for: the cast suite turns it
+on): an edit changes the colour or shape of an object it was not asked to touch, as real edit models lose a
+character's look over a chain of edits. A reference picture holds what it shows: an object whose colour and
+shape appear in one of the call's ``references`` (the story's cast, or the anchor) neither drifts nor takes a
+collateral recolour; a reference does not stop an edit from moving or dropping it. The random stream is the
+same with or without references, so the two runs differ only where a reference held an object.
+
 Clauses it cannot read are ignored, so nonsense leaves the picture unchanged (a blank canvas from text).
 """
 
@@ -21,10 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 from PIL import Image
 
+from ..core import settings
 from ..core.generators.base import REFERENCE
 from .language import Command, New, Ref, Sentence, Where, matches, parse
 from .world import COLOURS, EMPTY, PLACES, SHAPES, SIZES, Obj, Scene, neighbour, read, render, scene_key
@@ -39,6 +48,7 @@ class FailureModel:
     collateral: float = 0.35
     extra_object: float = 0.3
     missing_object: float = 0.4
+    drift: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -47,7 +57,7 @@ class FailureModel:
 
     @classmethod
     def perfect(cls) -> FailureModel:
-        return cls(0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def _rng(seed: int, prompt: str, scene: Scene) -> random.Random:
@@ -60,26 +70,34 @@ class SandboxGenerator:
 
     name = "sandbox"
     edit_route = REFERENCE  # the before picture is read and redrawn, as a reference-latent editor does
+    max_references = settings.MAX_REFERENCES
 
     def __init__(self, failure: FailureModel = FailureModel()):
         self.failure = failure
         self.faults: list[str] = []
 
-    def text_to_image(self, prompt: str, *, width: int, height: int, seed: int) -> Image.Image:
+    def text_to_image(
+        self, prompt: str, *, width: int, height: int, seed: int, references: Sequence[Image.Image] = ()
+    ) -> Image.Image:
         scene = self.carry_out(prompt, EMPTY, seed)
         return render(scene, width, height)
 
-    def edit(self, before: Image.Image, prompt: str, *, seed: int) -> Image.Image:
+    def edit(
+        self, before: Image.Image, prompt: str, *, seed: int, references: Sequence[Image.Image] = ()
+    ) -> Image.Image:
         width, height = before.size
         start = read(before)
         # Pixels that are no sandbox object are redrawn as white: this generator only knows its shapes.
         start = Scene(tuple(None if not isinstance(c, Obj) else c for c in start.cells))
-        return render(self.carry_out(prompt, start, seed), width, height)
+        return render(self.carry_out(prompt, start, seed, held_by(references)), width, height)
 
     # -- the scene-level model ----------------------------------------------------------------------------
-    def carry_out(self, prompt: str, scene: Scene, seed: int) -> Scene:
-        """The scene drawn for ``prompt`` over ``scene`` with ``seed``; what went wrong is in ``faults``."""
-        drawing = _Drawing(self.failure, _rng(seed, prompt, scene))
+    def carry_out(
+        self, prompt: str, scene: Scene, seed: int, held: frozenset[tuple[str, str]] = frozenset()
+    ) -> Scene:
+        """The scene drawn for ``prompt`` over ``scene`` with ``seed``; what went wrong is in ``faults``.
+        ``held``: (shape, colour) pairs that references show, which do not drift."""
+        drawing = _Drawing(self.failure, _rng(seed, prompt, scene), held)
         scene = drawing.run(parse(prompt), scene)
         self.faults = drawing.faults  # one assignment: concurrent calls never mix their lists
         return scene
@@ -88,9 +106,10 @@ class SandboxGenerator:
 class _Drawing:
     """One generator call: its random stream and the faults it made."""
 
-    def __init__(self, failure: FailureModel, rng: random.Random):
+    def __init__(self, failure: FailureModel, rng: random.Random, held: frozenset = frozenset()):
         self.failure = failure
         self.rng = rng
+        self.held = held
         self.faults: list[str] = []
 
     def run(self, sentence: Sentence, scene: Scene) -> Scene:
@@ -110,7 +129,26 @@ class _Drawing:
             others = [i for i, _ in before.objects() if i not in touched and scene[i] == before[i]]
             if others:
                 scene = self._collateral(scene, rng.choice(others), rng)
+        # Drawn only when drift is on, so the other faults' random stream is what it always was.
+        if not from_text and sentence.commands and p.drift and rng.random() < p.drift:
+            scene = self._drift(scene, before, touched, rng)
         return scene
+
+    def _drift(self, scene: Scene, before: Scene, touched: set[int], rng: random.Random) -> Scene:
+        others = [i for i, _ in before.objects() if i not in touched and scene[i] == before[i]]
+        if not others:
+            return scene
+        index = rng.choice(others)
+        obj = scene[index]
+        if rng.random() < 0.5:
+            drifted = replace(obj, colour=rng.choice([c for c in COLOURS if c != obj.colour]))
+        else:
+            drifted = replace(obj, shape=rng.choice([s for s in SHAPES if s != obj.shape]))
+        if (obj.shape, obj.colour) in self.held:
+            self.faults.append(f"drift of the {obj.words} held by a reference")
+            return scene
+        self.faults.append(f"drift of the {obj.words} to {drifted.words}")
+        return scene.with_cell(index, drifted)
 
     def _command(
         self,
@@ -209,8 +247,16 @@ class _Drawing:
             self.faults.append(f"collateral removal of the {obj.words}")
             return scene.with_cell(index, None)
         colour = rng.choice([c for c in COLOURS if c != obj.colour])
+        if (obj.shape, obj.colour) in self.held:
+            self.faults.append(f"collateral recolour of the {obj.words} held by a reference")
+            return scene
         self.faults.append(f"collateral recolour of the {obj.words}")
         return scene.with_cell(index, replace(obj, colour=colour))
+
+
+def held_by(references: Sequence[Image.Image]) -> frozenset[tuple[str, str]]:
+    """The (shape, colour) of every sandbox object the reference pictures show."""
+    return frozenset((obj.shape, obj.colour) for image in references for _, obj in read(image).objects())
 
 
 def _random_obj(rng: random.Random, size: str | None = None) -> Obj:

@@ -592,3 +592,61 @@ def test_a_critic_that_fails_keeps_the_pictures_unchecked_and_says_so(tmp_path, 
     with ChatServer(lambda body, n: (500, {"error": "the Planner is down"})) as server:
         code, err = _error(capsys, ["run", "a circle", "--out", str(tmp_path / "p"), *quick(server)])
     assert code == cli.EXIT_BACKEND and "HTTP 500" in err and not (tmp_path / "p").exists()
+
+
+def test_run_and_batch_give_reference_pictures_to_the_generator(sandbox_server, tmp_path):
+    cast = tmp_path / "cast.png"
+    Image.new("RGB", (64, 64), "white").save(cast)
+    out = tmp_path / "s"
+    argv = ["run", "a red circle", "--reference", str(cast), "--anchor", "first", "--out", str(out)]
+    assert program.main(argv + quick(sandbox_server)) == 0
+    story = Storyboard.load(out)
+    assert len(story.reference_images) == 1 and story.settings["loop"]["anchor"] == "first"
+    assert all(a.references[:1] == ("reference 1",) for a in story.attempts)
+
+    stories = tmp_path / "stories.jsonl"
+    rows = [
+        {"id": "cast", "instruction": "a circle", "references": ["cast.png"]},
+        {"id": "bare", "instruction": "x"},
+    ]
+    stories.write_text("\n".join(json.dumps(row) for row in rows))
+    assert program.main(["batch", str(stories), "--out", str(tmp_path / "b"), *quick(sandbox_server)]) == 0
+    assert len(Storyboard.load(tmp_path / "b" / "cast").reference_images) == 1
+    assert Storyboard.load(tmp_path / "b" / "bare").reference_images == []
+
+
+def test_a_stories_row_cannot_reach_a_reference_outside_its_folder(sandbox_server, tmp_path, capsys):
+    stories = tmp_path / "in" / "stories.jsonl"
+    stories.parent.mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.png")
+    stories.write_text(json.dumps({"id": "x", "instruction": "a circle", "references": ["../secret.png"]}))
+    assert (
+        program.main(["batch", str(stories), "--out", str(tmp_path / "b"), *quick(sandbox_server)])
+        == cli.EXIT_BATCH
+    )
+    records = json.loads((tmp_path / "b" / "batch.json").read_text())
+    assert records[0]["status"] == "failed" and "leaves the folder" in records[0]["error"]
+    assert sandbox_server.requests == []
+
+
+def test_too_many_references_or_a_reference_on_resume_is_bad_input(sandbox_server, tmp_path, capsys):
+    from interleave_thinker.core.settings import MAX_REFERENCES
+
+    cast = tmp_path / "cast.png"
+    Image.new("RGB", (8, 8)).save(cast)
+    argv = ["run", "x", "--out", str(tmp_path / "s")] + ["--reference", str(cast)] * (MAX_REFERENCES + 1)
+    code, err = _error(capsys, argv + quick(sandbox_server))
+    assert code == cli.EXIT_BAD_INPUT and f"at most {MAX_REFERENCES}" in err
+    assert sandbox_server.requests == []
+    argv = [
+        "resume",
+        str(tmp_path),
+        "--from-step",
+        "1",
+        "--reference",
+        str(cast),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    code, err = _error(capsys, argv + quick(sandbox_server))
+    assert code == cli.EXIT_BAD_INPUT and "leave out --reference" in err

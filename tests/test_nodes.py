@@ -22,6 +22,7 @@ from PIL import Image
 from interleave_thinker import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from interleave_thinker.core import settings
 from interleave_thinker.core.generators.base import GeneratorError
+from interleave_thinker.core.storyboard import Storyboard
 from interleave_thinker.nodes import agent_nodes, memory, sampling, story_nodes
 from interleave_thinker.nodes.host import NodeError
 from interleave_thinker.nodes.images import to_pil, to_tensor
@@ -88,6 +89,7 @@ def test_the_pack_offers_the_documented_nodes():
             "Critic Prompt",
             "Parse Verdict",
             "Storyboard Page",
+            "Resume Storyboard",
         ]
     )
     assert NODE_CLASS_MAPPINGS["InterleaveThinkerPlanToPrompts"].OUTPUT_IS_LIST == (True, True, False)
@@ -717,18 +719,22 @@ def test_load_agent_hands_a_local_agent_to_comfyui_with_its_weight_format(comfy,
     with caplog.at_level("INFO"):
         node.load(*local, quantize="nf4")
     assert "Load Agent: planner-agent: nf4 weights" in caplog.text  # ComfyUI's log, and the node's text
-    assert [(k["quantize"], k["host"], k["memory"], k["device"]) for k in made] == [
-        ("none", memory.HOST, "keep", "cuda:0"),
-        ("nf4", memory.HOST, "keep", "cuda:0"),
+    node.load(*local, quantize="none", fast_decoding=True)
+    assert [(k["quantize"], k["host"], k["memory"], k["device"], k["fast_decoding"]) for k in made] == [
+        ("none", memory.HOST, "keep", "cuda:0", False),  # off unless asked for, as in the engine
+        ("nf4", memory.HOST, "keep", "cuda:0", False),
+        ("none", memory.HOST, "keep", "cuda:0", True),
     ]
     with pytest.raises(NodeError, match="quantize must be one of none, int8, nf4, got 'int3'"):
         node.load(*local, quantize="int3")
     optional = agent_nodes.LoadAgent.INPUT_TYPES()["optional"]
-    assert list(optional) == ["quantize"]  # the last widget, so saved workflows keep their order
+    # The last widgets, so saved workflows keep their order.
+    assert list(optional) == ["quantize", "fast_decoding"]
     assert (
         optional["quantize"][0] == list(settings.QUANTIZATIONS)
         and optional["quantize"][1]["default"] == "none"
     )
+    assert optional["fast_decoding"][0] == "BOOLEAN" and optional["fast_decoding"][1]["default"] is False
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -809,7 +815,7 @@ class FakeVae:
 
 @pytest.fixture
 def sampling_calls(comfy, monkeypatch):
-    calls = {"sample": [], "qwen": []}
+    calls = {"sample": [], "qwen": [], "qwen_plus": []}
     nodes = types.ModuleType("nodes")
 
     class CLIPTextEncode:
@@ -871,7 +877,17 @@ def sampling_calls(comfy, monkeypatch):
             calls["qwen"].append((prompt, tuple(image.shape)))
             return ([[prompt, {"reference_latents": ["from qwen"]}]],)
 
+    class TextEncodeQwenImageEditPlus:
+        @classmethod
+        def execute(cls, clip, prompt, vae=None, image1=None, image2=None, image3=None):
+            images = {"image1": image1, "image2": image2, "image3": image3}
+            calls["qwen_plus"].append(
+                (prompt, {k: tuple(v.shape) for k, v in images.items() if v is not None})
+            )
+            return ([[prompt, {"reference_latents": ["from qwen plus"]}]],)
+
     qwen.TextEncodeQwenImageEdit = TextEncodeQwenImageEdit
+    qwen.TextEncodeQwenImageEditPlus = TextEncodeQwenImageEditPlus
     for name, module in (("nodes", nodes), ("node_helpers", helpers), ("comfy_extras.nodes_qwen", qwen)):
         monkeypatch.setitem(sys.modules, name, module)
     return calls
@@ -920,6 +936,166 @@ def test_comfy_sampler_reference_route(sampling_calls):
     text_only = sampling.ComfyGenerator(fake_model("SD15"), object(), FakeVae(), edit_route="text-to-image")
     text_only.edit(Image.new("RGB", (32, 32)), "a dog", seed=1)
     assert sampling_calls["sample"][2]["denoise"] == 1.0 and len(sampling_calls["qwen"]) == 1
+
+
+def _means(call) -> list[float]:
+    """The encoded pictures in a sampling call's conditioning, by their mean (the fake VAE's latent)."""
+    ((_, extra),) = call["positive"]
+    return [round(float(latent.mean()), 3) for latent in extra.get("reference_latents", [])]
+
+
+def test_comfy_sampler_appends_every_reference_after_the_before_image(sampling_calls):
+    flux = sampling.ComfyGenerator(fake_model("Flux", "Flux"), object(), FakeVae(), cfg=1.0)
+    assert flux.max_references == settings.MAX_REFERENCES
+    cast = [Image.new("RGB", (128, 96), (255, 255, 255)), Image.new("RGB", (64, 64), (51, 51, 51))]
+    flux.edit(Image.new("RGB", (64, 64), (0, 0, 0)), "make it night", seed=1, references=cast)
+    assert _means(sampling_calls["sample"][0]) == [0.0, 1.0, 0.2]  # before image, reference 1, reference 2
+    # A reference is drawn to about the story's picture area, its aspect kept (128x96 -> 80x48).
+    ((_, extra),) = sampling_calls["sample"][0]["positive"]
+    assert tuple(extra["reference_latents"][1].shape) == (1, 16, 6, 10)
+    flux.text_to_image("a cat", width=64, height=64, seed=2, references=cast)  # step 1 holds the cast too
+    assert _means(sampling_calls["sample"][1]) == [1.0, 0.2]
+    assert not sampling_calls["sample"][1]["latent"]["samples"].any()
+    flux.text_to_image("a cat", width=64, height=64, seed=2)
+    assert _means(sampling_calls["sample"][2]) == []
+
+
+def test_only_the_reference_route_takes_references(sampling_calls, monkeypatch):
+    for route in ("img2img", "text-to-image"):
+        plain = sampling.ComfyGenerator(fake_model("SD15"), object(), FakeVae(), edit_route=route)
+        assert plain.max_references == 0
+        with pytest.raises(GeneratorError, match="takes 0 reference picture.*only the reference route"):
+            plain.edit(Image.new("RGB", (32, 32)), "a dog", seed=1, references=[Image.new("RGB", (8, 8))])
+    assert not sampling_calls["sample"]
+    qwen = sampling.ComfyGenerator(fake_model("QwenImage", "QwenImage"), object(), FakeVae(), cfg=2.5)
+    assert qwen.max_references == 2
+    cast = [Image.new("RGB", (32, 32)), Image.new("RGB", (16, 16))]
+    qwen.edit(Image.new("RGB", (64, 48)), "add snow", seed=1, references=cast)
+    qwen.text_to_image("a cat", width=64, height=64, seed=1, references=cast[:1])
+    assert sampling_calls["qwen_plus"] == [
+        ("add snow", {"image1": (1, 48, 64, 3), "image2": (1, 32, 32, 3), "image3": (1, 16, 16, 3)}),
+        ("a cat", {"image1": (1, 32, 32, 3)}),
+    ]
+    assert not sampling_calls["qwen"]  # without references the single-image encoder, as before
+    with pytest.raises(GeneratorError, match="takes 2 reference"):
+        qwen.edit(Image.new("RGB", (64, 48)), "add snow", seed=1, references=cast * 2)
+    monkeypatch.delattr(sys.modules["comfy_extras.nodes_qwen"], "TextEncodeQwenImageEditPlus")
+    older = sampling.ComfyGenerator(fake_model("QwenImage", "QwenImage"), object(), FakeVae())
+    assert older.max_references == 0  # a ComfyUI without the Plus encoder
+
+
+def test_refine_loop_declares_references_and_anchor_after_the_old_inputs():
+    declaration = story_nodes.RefineLoop.INPUT_TYPES()
+    assert list(declaration["required"]) == [
+        "plan", "model", "clip", "vae", "negative_prompt", "seed", "steps", "cfg", "sampler_name",
+        "scheduler", "width", "height", "edit_route", "denoise", "max_attempts",
+    ]  # fmt: skip
+    optional = declaration["optional"]
+    assert list(optional) == ["critic", "guidance", "keep_attempt", "references", "anchor"]
+    assert optional["references"][0] == "IMAGE" and "img2img" in optional["references"][1]["tooltip"]
+    assert optional["anchor"][0] == list(settings.ANCHOR_CHOICES)
+    assert optional["anchor"][1]["default"] == settings.DEFAULT_ANCHOR == "none"
+
+
+LOOP_WIDGETS = ("", 0, 2, 1.0, "euler", "normal", 64, 64, "auto", 0.6, 1)
+
+
+def test_refine_loop_gives_the_references_and_the_anchor_to_every_step(sampling_calls, comfy):
+    story = _story_plan(comfy, "a cat", "a hat", "a boat")
+    flux = fake_model("Flux", "Flux")
+    cast = pictures((255, 255, 255), (51, 51, 51))
+    loop = story_nodes.RefineLoop()
+    *_, board, _ = loop.run(story, flux, object(), FakeVae(), *LOOP_WIDGETS, references=cast, anchor="first")
+    assert [[a.references for a in step.attempts] for step in board.steps] == [
+        [("reference 1", "reference 2")],
+        [("reference 1", "reference 2")],  # step 1 is the picture it edits: no anchor beside it
+        [("reference 1", "reference 2", "step 1")],
+    ]
+    assert [len(_means(call)) for call in sampling_calls["sample"]] == [2, 3, 4]
+    assert board.settings["references"] == {"given": 2, "anchor": "first", "generator_takes": 8}
+    assert len(board.reference_images) == 2
+
+    *_, plain, _ = loop.run(story, fake_model("SD15"), object(), FakeVae(), *LOOP_WIDGETS, references=cast)
+    assert "not used" in plain.settings["references"]["note"]
+    assert all(not a.references for a in plain.attempts)
+    calls = len(sampling_calls["sample"])
+    too_many = pictures(*[(i, i, i) for i in range(settings.MAX_REFERENCES + 1)])
+    with pytest.raises(NodeError, match=f"at most {settings.MAX_REFERENCES} reference pictures"):
+        loop.run(story, flux, object(), FakeVae(), *LOOP_WIDGETS, references=too_many)
+    assert len(sampling_calls["sample"]) == calls  # refused before any picture was drawn
+
+
+GENERATOR_INPUTS = (
+    "model", "clip", "vae", "negative_prompt", "steps", "cfg", "sampler_name", "scheduler", "edit_route",
+    "denoise",
+)  # fmt: skip
+
+
+def test_resume_storyboard_takes_the_refine_loops_generator_inputs():
+    loop, resume = story_nodes.RefineLoop.INPUT_TYPES(), story_nodes.ResumeStoryboard.INPUT_TYPES()
+    assert list(resume["required"]) == [
+        "storyboard_folder", "from_step", "prompt", "keep_seed", "seed", *GENERATOR_INPUTS,
+    ]  # fmt: skip
+    assert all(resume["required"][name] == loop["required"][name] for name in GENERATOR_INPUTS)
+    assert resume["optional"] == {name: loop["optional"][name] for name in ("critic", "guidance")}
+    assert story_nodes.ResumeStoryboard.RETURN_TYPES == story_nodes.RefineLoop.RETURN_TYPES
+    assert "STORYBOARD" in story_nodes.ResumeStoryboard.RETURN_TYPES
+
+
+def test_resume_storyboard_keeps_the_steps_before_and_redraws_from_there(sampling_calls, comfy):
+    story = _story_plan(comfy, "a cat", "a hat", "a boat")
+    *_, board, _ = story_nodes.RefineLoop().run(
+        story, fake_model("Flux", "Flux"), object(), FakeVae(), *LOOP_WIDGETS, references=pictures((9, 9, 9))
+    )
+    saved = Path(story_nodes.SaveStoryboard().save(board, "InterleaveThinker/story")["result"][0])
+    resume_widgets = ("InterleaveThinker/story_00001", 3, "  a red boat ", True, 0)
+    sampler = ("", 2, 1.0, "euler", "normal", "auto", 0.6)
+    comfy.progress.clear()
+    images, text, resumed, _ = story_nodes.ResumeStoryboard().resume(
+        *resume_widgets, fake_model("Flux", "Flux"), object(), FakeVae(), *sampler
+    )
+    assert len(sampling_calls["sample"]) == 4  # three steps drawn first, then only step 3 again
+    assert _means(sampling_calls["sample"][-1])[1:] == [round(9 / 255, 3)]  # the saved reference still rides
+    kept = Storyboard.load(saved)
+    assert [s.image.tobytes() for s in resumed.steps[:2]] == [s.image.tobytes() for s in kept.steps[:2]]
+    assert resumed.steps[2].attempts[0].prompt == "a red boat" and resumed.seed == kept.seed
+    assert resumed.settings["resumed"]["from_step"] == 3 and tuple(images.shape) == (3, 64, 64, 3)
+    assert comfy.progress[0][:2] == (1, 3) and comfy.progress[-1][:2] == (3, 3)  # kept steps count as done
+    # The seed widget when keep_seed is off; a bad step number is refused before anything is drawn.
+    other = story_nodes.ResumeStoryboard().resume(
+        "InterleaveThinker/story_00001", 2, "", False, 7, fake_model("Flux", "Flux"), object(), FakeVae(),
+        *sampler,
+    )[2]  # fmt: skip
+    assert other.seed == 7 and other.steps[1].attempts[0].prompt == kept.steps[1].attempts[0].prompt
+    with pytest.raises(NodeError, match="from_step"):
+        story_nodes.ResumeStoryboard().resume(
+            "InterleaveThinker/story_00001", 5, "", True, 0, fake_model("Flux", "Flux"), object(), FakeVae(),
+            *sampler,
+        )  # fmt: skip
+
+
+def test_resume_storyboard_reads_only_storyboards_inside_the_output_folder(comfy, tmp_path):
+    from helpers import PaintGenerator
+
+    from interleave_thinker.core.loop import LoopConfig, run_plan
+
+    board = run_plan(
+        _story_plan(comfy, "a cat").plan, PaintGenerator(), None, config=LoopConfig(width=64, height=64)
+    )
+    outside = board.save(tmp_path / "elsewhere" / "story")
+    output = Path(comfy.folder_paths.get_output_directory())
+    inside = story_nodes.SaveStoryboard().save(board, "it/story")["result"][0]
+    (output / "link").symlink_to(outside, target_is_directory=True)
+    validate = story_nodes.ResumeStoryboard.VALIDATE_INPUTS
+    assert list(inspect.signature(validate).parameters) == ["storyboard_folder"]
+    for escape in ("../elsewhere/story", str(outside), "link", "..\\x", "C:\\x", " "):
+        assert "storyboard_folder" in validate(escape), escape
+    assert "no saved storyboard in 'it'" in validate("it")
+    for fine in ("it/story_00001", inside):  # its path from the output folder, or Save Storyboard's output
+        assert validate(fine) is True, fine
+    assert validate(None) is True  # linked: checked when the node runs
+    with pytest.raises(NodeError, match="must stay inside the output folder"):
+        story_nodes.ResumeStoryboard().resume(str(outside), 1, "", True, 0, *([None] * 10))
 
 
 def test_refine_loop_keeps_the_best_rejected_attempt_when_asked_and_the_last_by_default(

@@ -11,6 +11,7 @@ from .base import (
     Generator,
     GeneratorError,
     check_route,
+    reference_capacity,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "Generator",
     "GeneratorError",
     "check_route",
+    "reference_capacity",
 ]

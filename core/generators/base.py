@@ -26,6 +26,13 @@ class GeneratorError(BackendError):
 
 @runtime_checkable
 class Generator(Protocol):
+    """Draws the story's pictures.
+
+    A generator that can take extra reference pictures (the story's cast, an anchor) says how many in
+    ``max_references`` and accepts ``references=`` (a list of images) in both calls; the loop passes it only
+    then, and only when there are some, so a generator without the attribute never sees the keyword.
+    """
+
     name: str
     edit_route: str
 
@@ -34,6 +41,11 @@ class Generator(Protocol):
     def edit(self, before: Image.Image, prompt: str, *, seed: int) -> Image.Image:
         """The next picture from ``before`` and ``prompt``, the same size as ``before``."""
         ...
+
+
+def reference_capacity(generator: object) -> int:
+    """How many extra reference pictures ``generator`` takes per call: its ``max_references``, else 0."""
+    return max(0, int(getattr(generator, "max_references", 0) or 0))
 
 
 def check_route(route: str) -> str:
@@ -67,13 +79,13 @@ class SerialGenerator:
             raise AttributeError(name)
         return getattr(self.generator, name)
 
-    def text_to_image(self, prompt: str, *, width: int, height: int, seed: int) -> Image.Image:
+    def text_to_image(self, prompt: str, *, width: int, height: int, seed: int, **extra) -> Image.Image:
         with self.lock:
-            return self.generator.text_to_image(prompt, width=width, height=height, seed=seed)
+            return self.generator.text_to_image(prompt, width=width, height=height, seed=seed, **extra)
 
-    def edit(self, before: Image.Image, prompt: str, *, seed: int) -> Image.Image:
+    def edit(self, before: Image.Image, prompt: str, *, seed: int, **extra) -> Image.Image:
         with self.lock:
-            return self.generator.edit(before, prompt, seed=seed)
+            return self.generator.edit(before, prompt, seed=seed, **extra)
 
     def __repr__(self) -> str:
         return f"SerialGenerator({self.generator!r})"
@@ -95,6 +107,7 @@ class GeneratorPool:
         if len(routes) > 1:
             raise GeneratorError(f"the pool's generators edit in different ways ({', '.join(routes)})")
         self.edit_route = routes[0]
+        self.max_references = min(reference_capacity(member) for member in self.members)
         names = list(dict.fromkeys(member.name for member in self.members))
         self.name = name or (names[0] if len(names) == 1 else " | ".join(names))
         self._free: queue.Queue = queue.Queue()
@@ -109,13 +122,13 @@ class GeneratorPool:
         finally:
             self._free.put(member)
 
-    def text_to_image(self, prompt: str, *, width: int, height: int, seed: int) -> Image.Image:
+    def text_to_image(self, prompt: str, *, width: int, height: int, seed: int, **extra) -> Image.Image:
         with self._member() as member:
-            return member.text_to_image(prompt, width=width, height=height, seed=seed)
+            return member.text_to_image(prompt, width=width, height=height, seed=seed, **extra)
 
-    def edit(self, before: Image.Image, prompt: str, *, seed: int) -> Image.Image:
+    def edit(self, before: Image.Image, prompt: str, *, seed: int, **extra) -> Image.Image:
         with self._member() as member:
-            return member.edit(before, prompt, seed=seed)
+            return member.edit(before, prompt, seed=seed, **extra)
 
     def __len__(self) -> int:
         return len(self.members)
