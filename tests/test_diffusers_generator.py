@@ -59,3 +59,56 @@ def test_bad_folders_and_settings_say_what_to_fix(tmp_path, tiny_pipeline_dir):
         DiffusersGenerator(str(tmp_path / "empty"))
     with pytest.raises(GeneratorError, match="strength must be in"):
         DiffusersGenerator(str(tiny_pipeline_dir), strength=0)
+
+
+class _RecordingPipe:
+    """Stands in for a diffusers pipeline class of a given name: records each call's keyword arguments."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, prompt=None, image=None, height=None, width=None, generator=None, output_type=None):
+        self.calls.append({"image": image, "height": height, "width": width})
+
+        class Out:
+            images = [Image.new("RGB", (width, height), "white")]
+
+        return Out()
+
+
+def _generator_over(pipe_class_name: str, route: str):
+    from interleave_thinker.core.generators.diffusers_generator import DiffusersGenerator, reference_slots
+
+    pipe = type(pipe_class_name, (_RecordingPipe,), {})()
+    generator = object.__new__(DiffusersGenerator)  # the wiring only: no weights can be downloaded
+    generator.name, generator.steps, generator.guidance, generator.strength = pipe_class_name, None, None, 0.6
+    generator.negative_prompt, generator.edit_route = None, route
+    generator.text_pipe = generator.edit_pipe = pipe
+    generator.max_references = reference_slots(pipe, route)
+    import torch
+
+    generator._torch = torch
+    return generator, pipe
+
+
+def test_a_multi_reference_pipeline_gets_the_edited_picture_first_then_the_references():
+    generator, pipe = _generator_over("Flux2KleinPipeline", "reference")
+    before, cast = (
+        Image.new("RGB", (64, 64), "red"),
+        [Image.new("RGB", (32, 32), c) for c in ("blue", "green")],
+    )
+    generator.edit(before, "the fox waves", seed=1, references=cast)
+    sent = pipe.calls[-1]["image"]
+    assert [image.getpixel((0, 0)) for image in sent] == [(255, 0, 0), (0, 0, 255), (0, 128, 0)]
+    generator.text_to_image("the fox", width=64, height=64, seed=1, references=cast)
+    assert len(pipe.calls[-1]["image"]) == 2  # step 1 from the references alone
+    with pytest.raises(GeneratorError, match="takes 3 reference picture"):
+        generator.edit(before, "x", seed=1, references=cast * 2)
+
+
+def test_kontext_and_img2img_pipelines_take_no_references():
+    from interleave_thinker.core.generators.diffusers_generator import reference_slots
+
+    assert reference_slots(type("FluxKontextPipeline", (), {})(), "reference") == 0  # a list is a batch there
+    assert reference_slots(type("Flux2Pipeline", (), {})(), "img2img") == 0
+    assert reference_slots(type("QwenImageEditPlusPipeline", (), {})(), "reference") == 2

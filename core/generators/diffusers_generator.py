@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,11 @@ from PIL import Image
 
 from ..messages import to_rgb
 from .base import IMG2IMG, REFERENCE, TEXT_TO_IMAGE, GeneratorError, check_route
+
+# Pipelines whose ``image=`` list holds separate reference pictures (not a batch), and how many the picture
+# being edited leaves room for: FLUX.2 takes up to ten, Qwen-Image-Edit-Plus works best with three in all.
+# FLUX.1 Kontext reads a list as a batch, so it takes none. Not run here: no such weights can be downloaded.
+MULTI_REFERENCE_PIPELINES = {"Flux2Pipeline": 8, "Flux2KleinPipeline": 3, "QwenImageEditPlusPipeline": 2}
 
 # diffusers is an extra: ComfyUI users never need it, and it must not be installed beside their packs.
 DIFFUSERS_EXTRA = 'pip install "interleave-thinker[diffusers]"'
@@ -28,6 +34,11 @@ def import_diffusers():
 
 def _call_parameters(pipe) -> set[str]:
     return set(inspect.signature(pipe.__call__).parameters)
+
+
+def reference_slots(pipe, route: str) -> int:
+    """How many extra reference pictures ``pipe`` takes beside the picture it edits."""
+    return MULTI_REFERENCE_PIPELINES.get(type(pipe).__name__, 0) if route == REFERENCE else 0
 
 
 def native_route(pipe) -> str:
@@ -99,6 +110,7 @@ class DiffusersGenerator:
         self.text_pipe, self.edit_pipe, self.edit_route = self._routes(pipe, edit_route)
         for derived in (self.text_pipe, self.edit_pipe):
             derived.set_progress_bar_config(disable=True)
+        self.max_references = reference_slots(self.edit_pipe, self.edit_route)
 
     def _routes(self, pipe, requested: str):
         diffusers = import_diffusers()
@@ -140,16 +152,30 @@ class DiffusersGenerator:
             return None
 
     # -- calls --------------------------------------------------------------------------------------------
-    def text_to_image(self, prompt: str, *, width: int, height: int, seed: int) -> Image.Image:
+    def text_to_image(
+        self, prompt: str, *, width: int, height: int, seed: int, references: Sequence[Image.Image] = ()
+    ) -> Image.Image:
+        if references:  # a multi-reference pipeline draws the first picture from the references too
+            return self._run(self.edit_pipe, prompt, width, height, seed, image=None, references=references)
         return self._run(self.text_pipe, prompt, width, height, seed, image=None)
 
-    def edit(self, before: Image.Image, prompt: str, *, seed: int) -> Image.Image:
+    def edit(
+        self, before: Image.Image, prompt: str, *, seed: int, references: Sequence[Image.Image] = ()
+    ) -> Image.Image:
         width, height = before.size
         if self.edit_route == TEXT_TO_IMAGE:
             return self.text_to_image(prompt, width=width, height=height, seed=seed)
-        return self._run(self.edit_pipe, prompt, width, height, seed, image=to_rgb(before))
+        return self._run(
+            self.edit_pipe, prompt, width, height, seed, image=to_rgb(before), references=references
+        )
 
-    def _run(self, pipe, prompt: str, width: int, height: int, seed: int, image) -> Image.Image:
+    def _run(
+        self, pipe, prompt: str, width: int, height: int, seed: int, image, references=()
+    ) -> Image.Image:
+        if len(references) > self.max_references:
+            raise GeneratorError(
+                f"{self.name} takes {self.max_references} reference picture(s) a call, not {len(references)}"
+            )
         params = _call_parameters(pipe)
         multiple = 16
         w, h = max(multiple, width // multiple * multiple), max(multiple, height // multiple * multiple)
@@ -164,6 +190,9 @@ class DiffusersGenerator:
             )
             if "strength" in params:
                 kwargs["strength"] = self.strength
+        if references:  # the picture being edited first, then the references, as these pipelines expect
+            edited = [kwargs["image"]] if image is not None else []
+            kwargs["image"] = edited + [to_rgb(reference) for reference in references]
         if "height" in params and "width" in params:
             kwargs.update(height=h, width=w)
         if self.steps is not None:
