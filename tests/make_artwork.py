@@ -31,6 +31,7 @@ STRIPS = {
     "story_sd15_img2img": ("img2img edits", "grow"),
     "story_flux_kontext_reference": ("reference latent", "grow"),
     "story_flux2_klein_reference": ("reference latent", "grow"),
+    "story_flux2_klein_cast": ("a cast that holds", "grow"),
     "story_qwen_image_edit": ("your picture, continued", "continue"),
     "plan_to_prompts_hand_built": ("built from core nodes", "prompts"),
     "batch_story_list": ("one storyboard per story", "batch"),

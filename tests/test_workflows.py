@@ -92,6 +92,7 @@ CORE_SPECS = {
         ("MODEL",),
     ),
     "LoadImage": ({"required": {"image": (FILES, {"image_upload": True})}}, ("IMAGE", "MASK")),
+    "ImageBatch": ({"required": {"image1": ("IMAGE", {}), "image2": ("IMAGE", {})}}, ("IMAGE",)),
     "CLIPTextEncode": (
         {"required": {"text": ("STRING", {"multiline": True, "dynamicPrompts": True}), "clip": ("CLIP", {})}},
         ("CONDITIONING",),
@@ -538,6 +539,9 @@ def test_the_promised_workflows_are_there():
     assert _nodes_of("batch_story_list.json", "InterleaveThinkerStoryList")
     planner = _nodes_of("batch_story_list.json", "InterleaveThinkerPlanner")[0]
     assert isinstance(planner["instruction"], list)  # fed by the Story List
+    cast = "story_flux2_klein_cast.json"
+    assert [(n["edit_route"], n["anchor"]) for n in _nodes_of(cast, loop)] == [("reference", "first")]
+    assert [n["type"] for n in _nodes_of(cast, "CLIPLoader")] == ["flux2"]
 
 
 def test_the_flux2_klein_workflow_uses_comfyuis_own_file_names_and_edits_by_reference():
@@ -559,6 +563,38 @@ def test_the_flux2_klein_workflow_uses_comfyuis_own_file_names_and_edits_by_refe
         model = type("Flux2", (flux,), {})()
         model.model_config = type(config, (), {})()
         assert sampling.resolve_route(types.SimpleNamespace(model=model), "auto") == "reference", config
+
+
+def test_the_cast_workflow_gives_two_pictures_of_yours_to_every_step_anchored():
+    name = "story_flux2_klein_cast.json"
+    graph = load(WORKFLOWS / "api" / name)
+    # The klein workflow's loaders and files, unchanged.
+    klein = "story_flux2_klein_reference.json"
+    for class_type in ("UNETLoader", "CLIPLoader", "VAELoader"):
+        assert _nodes_of(name, class_type) == _nodes_of(klein, class_type), class_type
+    # Two Load Image nodes -> Batch Images -> the Refine Loop's references; anchored on the first picture.
+    (loop_id,) = [key for key, node in graph.items() if node["class_type"] == "InterleaveThinkerRefineLoop"]
+    loop = graph[loop_id]["inputs"]
+    assert (loop["edit_route"], loop["anchor"], loop["steps"], loop["cfg"]) == ("reference", "first", 4, 1.0)
+    batch_id, slot = loop["references"]
+    batch = graph[batch_id]
+    assert batch["class_type"] == "ImageBatch" and slot == 0
+    sources = [graph[batch["inputs"][socket][0]] for socket in ("image1", "image2")]
+    assert [(s["class_type"], s["inputs"]["image"]) for s in sources] == [
+        ("LoadImage", "character_1.png"),
+        ("LoadImage", "character_2.png"),
+    ]
+    assert [batch["inputs"][socket][1] for socket in ("image1", "image2")] == [0, 0]  # IMAGE, not MASK
+    assert len(_nodes_of(name, "LoadImage")) == 2
+    # The placeholders say they are placeholders: in the description and in a note on the canvas.
+    workflow = load(WORKFLOWS / name)
+    assert "your own" in workflow["extra"]["info"]["description"].lower()
+    notes = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] in VIRTUAL_NODES]
+    assert any(
+        "character_1.png" in note and "character_2.png" in note and "`input` folder" in note for note in notes
+    )
+    # Planner, loop and save keep the ids the story workflows share (the integration tests use them).
+    assert {"10", "20", "30"} <= set(graph)
 
 
 def test_a_workflow_that_needs_a_newer_comfyui_says_so_where_it_loads():
