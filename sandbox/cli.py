@@ -20,6 +20,7 @@ from ..core.errors import BadInput
 from ..core.stories import safe_id
 from .shipped import MAX_NEW_TOKENS
 from .tasks import CAST_DRIFT, CAST_STEPS
+from .tasks import MAX_OBJECTS as DEFAULT_MAX_OBJECTS
 
 
 def _progress(quiet: bool, label: str):
@@ -112,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table, write_reports
     from .generator import FailureModel, SandboxGenerator
     from .shipped import default_critics, default_planner, label
-    from .tasks import TaskError, cast_tasks, load_tasks, make_tasks
+    from .tasks import DEFAULT_SHAPE, StoryShape, TaskError, cast_tasks, load_tasks, make_tasks
 
     if args.tasks < 1:
         raise BadInput(f"--tasks must be at least 1, got {args.tasks}")
@@ -122,12 +123,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not 0.0 <= drift <= 1.0:
         raise BadInput(f"--drift must be a probability in [0, 1], got {drift}")
     try:
+        shape = StoryShape.parse(args.steps, args.max_objects) if args.steps else DEFAULT_SHAPE
+        if args.steps and (args.cast or args.tasks_file):
+            raise TaskError("--steps and --max-objects shape a split: leave out --cast and --tasks-file")
         if args.cast:
             tasks = cast_tasks(args.tasks, seed=args.task_seed)
         elif args.tasks_file:
             tasks = load_tasks(args.tasks_file)
         else:
-            tasks = make_tasks(args.split, args.tasks, seed=args.task_seed)
+            tasks = make_tasks(args.split, args.tasks, seed=args.task_seed, shape=shape)
     except TaskError as error:
         raise BadInput(str(error)) from None
     if args.references and not any(task.cast for task in tasks):
@@ -163,6 +167,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         source = f"cast suite, {len(tasks)} stories of {CAST_STEPS} steps"
     else:
         source = args.tasks_file or f"{args.split} split, {len(tasks)} tasks"
+        if shape != DEFAULT_SHAPE:
+            low, high = shape.steps
+            source += f" of {low}-{high} steps, up to {shape.max_objects} objects, task seed {args.task_seed}"
     extras = "".join(
         part
         for part in (
@@ -273,6 +280,18 @@ def _configure_eval(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--tasks", type=int, default=200, help="how many tasks of the split (default 200)")
     ev.add_argument("--tasks-file", metavar="JSONL", help="tasks saved by the sandbox instead of a split")
     ev.add_argument("--task-seed", type=int, default=0, help="seed of the task generator (default 0)")
+    ev.add_argument(
+        "--steps",
+        metavar="MIN-MAX",
+        help="make the split's stories this long instead (e.g. 5-6; the default split's are 2-4)",
+    )
+    ev.add_argument(
+        "--max-objects",
+        type=int,
+        default=DEFAULT_MAX_OBJECTS,
+        metavar="N",
+        help=f"with --steps: scenes hold up to N objects (default {DEFAULT_MAX_OBJECTS})",
+    )
     ev.add_argument(
         "--planner",
         metavar="SPEC",

@@ -45,6 +45,39 @@ TEST_SHARE = 10  # one request in ten goes to the test split
 MAX_OBJECTS = 5
 
 
+@dataclass(frozen=True)
+class StoryShape:
+    """How long stories are and how full their scenes get. The default is the training split's shape; a
+    longer, busier one (``StoryShape((5, 6), 6)``) makes a harder split the same way."""
+
+    steps: tuple[int, int] = (
+        2,
+        4,
+    )  # planned steps of a build or describe task, and of a continue task's whole
+    max_objects: int = MAX_OBJECTS
+
+    def __post_init__(self) -> None:
+        low, high = self.steps
+        if not 2 <= low <= high <= 12 or not 2 <= self.max_objects <= 9:
+            raise TaskError(
+                f"stories of {low}-{high} steps with up to {self.max_objects} objects: steps must be "
+                "2-12 (low to high), objects 2-9"
+            )
+
+    @classmethod
+    def parse(cls, steps: str, max_objects: int) -> StoryShape:
+        """From the CLI's ``--steps 5-6`` (or ``--steps 5``) and ``--max-objects``."""
+        low, _, high = steps.partition("-")
+        try:
+            bounds = int(low), int(high or low)
+        except ValueError:
+            raise TaskError(f"--steps takes a count or a range such as 5-6, got {steps!r}") from None
+        return cls(bounds, max_objects)
+
+
+DEFAULT_SHAPE = StoryShape()
+
+
 class TaskError(ValueError):
     pass
 
@@ -172,10 +205,10 @@ def first_step(rng: random.Random) -> tuple[str, Scene]:
     return f"draw {objects}", scene
 
 
-def next_step(rng: random.Random, scene: Scene) -> tuple[str, Scene]:
+def next_step(rng: random.Random, scene: Scene, max_objects: int = MAX_OBJECTS) -> tuple[str, Scene]:
     objects = list(scene.objects())
     ops = []
-    if len(objects) < MAX_OBJECTS and scene.free():
+    if len(objects) < max_objects and scene.free():
         ops += ["add"] * 3
     if len(objects) >= 2:
         ops.append("remove")
@@ -219,11 +252,13 @@ def next_step(rng: random.Random, scene: Scene) -> tuple[str, Scene]:
     return sentence, scene.with_cell(index, None).with_cell(cell, obj)
 
 
-def random_story(rng: random.Random, steps: int) -> tuple[list[str], list[Scene]]:
+def random_story(
+    rng: random.Random, steps: int, max_objects: int = MAX_OBJECTS
+) -> tuple[list[str], list[Scene]]:
     sentence, scene = first_step(rng)
     sentences, scenes = [sentence], [scene]
     while len(sentences) < steps:
-        sentence, scene = next_step(rng, scenes[-1])
+        sentence, scene = next_step(rng, scenes[-1], max_objects)
         sentences.append(sentence)
         scenes.append(scene)
     for before, sentence, after in zip([EMPTY] + scenes, sentences, scenes):  # the generator's own check
@@ -295,21 +330,31 @@ def read_request(text: str) -> Request | None:
 # Task generation
 
 
-def make_task(index: int, seed: int = 0, width: int = DEFAULT_SIZE, height: int = DEFAULT_SIZE) -> Task:
-    """Candidate task number ``index`` of the stream fixed by ``seed``."""
+def make_task(
+    index: int,
+    seed: int = 0,
+    width: int = DEFAULT_SIZE,
+    height: int = DEFAULT_SIZE,
+    shape: StoryShape = DEFAULT_SHAPE,
+) -> Task:
+    """Candidate task number ``index`` of the stream fixed by ``seed`` (and ``shape``: the default shape's
+    stream is the one the shipped agents were trained and measured on)."""
     rng = random.Random(f"sandbox-task:{seed}:{index}")
     roll = rng.random()
     kind = "build" if roll < 0.6 else "continue" if roll < 0.85 else "describe"
+    default = shape == DEFAULT_SHAPE
     if kind == "build":
-        sentences, scenes = random_story(rng, rng.randint(2, 4))
+        sentences, scenes = random_story(rng, rng.randint(*shape.steps), shape.max_objects)
         instruction, given, steps = build_request(sentences), (), tuple(sentences)
     elif kind == "continue":
-        shown, more = rng.randint(1, 2), rng.randint(1, 2)
-        sentences, scenes = random_story(rng, shown + more)
+        shown = rng.randint(1, 2)
+        more = rng.randint(1, 2) if default else rng.randint(*shape.steps) - shown
+        sentences, scenes = random_story(rng, shown + more, shape.max_objects)
         instruction = continue_request(shown, sentences[shown:])
         given, steps = tuple(sentences[:shown]), tuple(sentences[shown:])
     else:
-        sentences, scenes = random_story(rng, rng.randint(2, 3))
+        count = rng.randint(2, 3) if default else rng.randint(*shape.steps)
+        sentences, scenes = random_story(rng, count, shape.max_objects)
         instruction = describe_request(scenes[-1], len(sentences))
         given = tuple(sentences)
         steps = tuple(change_summary(before, after) for before, after in zip([EMPTY] + scenes, scenes))
@@ -361,7 +406,11 @@ def cast_tasks(count: int, seed: int = 0) -> list[Task]:
 
 
 def iter_tasks(
-    split: str, seed: int = 0, width: int = DEFAULT_SIZE, height: int = DEFAULT_SIZE
+    split: str,
+    seed: int = 0,
+    width: int = DEFAULT_SIZE,
+    height: int = DEFAULT_SIZE,
+    shape: StoryShape = DEFAULT_SHAPE,
 ) -> Iterator[Task]:
     """The tasks of one split in a fixed order, without repeats."""
     if split not in SPLITS:
@@ -369,7 +418,7 @@ def iter_tasks(
     seen: set[str] = set()
     index = 0
     while True:
-        task = make_task(index, seed, width, height)
+        task = make_task(index, seed, width, height, shape)
         index += 1
         if task.split == split and task.instruction not in seen:
             seen.add(task.instruction)
@@ -383,6 +432,7 @@ def make_tasks(
     width: int = DEFAULT_SIZE,
     height: int = DEFAULT_SIZE,
     kinds: Iterable[str] = KINDS,
+    shape: StoryShape = DEFAULT_SHAPE,
 ) -> list[Task]:
     """The first ``count`` tasks of ``split`` (of the given kinds)."""
     if count < 0:
@@ -392,7 +442,7 @@ def make_tasks(
     if unknown:
         raise TaskError(f"unknown task kind(s) {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
     tasks: list[Task] = []
-    for task in iter_tasks(split, seed, width, height):
+    for task in iter_tasks(split, seed, width, height, shape):
         if len(tasks) >= count:
             break
         if task.kind in kinds:
@@ -438,6 +488,7 @@ __all__ = [
     "KINDS",
     "Request",
     "SPLITS",
+    "StoryShape",
     "Task",
     "TaskError",
     "build_request",

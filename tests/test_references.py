@@ -178,3 +178,21 @@ def test_references_cut_identity_errors_in_the_cast_suite():
     assert without.identity_errors > 0
     assert held.identity_errors < without.identity_errors
     assert held.identity_error_steps < without.identity_error_steps
+
+
+def test_a_longer_busier_split_is_made_the_same_way_and_bad_shapes_are_refused(capsys):
+    from interleave_thinker import cli as program
+    from interleave_thinker.sandbox.tasks import DEFAULT_SHAPE, StoryShape, TaskError, make_tasks
+
+    busy = make_tasks("test", 60, seed=1, shape=StoryShape((5, 6), 6))
+    whole = [len(t.given) + len(t.steps) if t.kind == "continue" else len(t.steps) for t in busy]
+    assert set(whole) == {5, 6}
+    assert max(len(list(scene.objects())) for t in busy for scene in t.scenes) == 6
+    assert {t.split for t in busy} == {"test"}
+    assert not {t.instruction for t in busy} & {t.instruction for t in make_tasks("test", 60)}
+    assert DEFAULT_SHAPE == StoryShape((2, 4), 5)
+    with pytest.raises(TaskError, match="steps must be 2-12"):
+        StoryShape((6, 5), 6)
+    argv = ["eval", "--steps", "five", "--tasks", "1", "--planner", "oracle", "--critic", "none", "--quiet"]
+    assert program.main(argv) == 2
+    assert "--steps takes a count or a range such as 5-6" in capsys.readouterr().err
