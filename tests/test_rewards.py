@@ -48,21 +48,21 @@ class CountingGenerator(SandboxGenerator):
         self.most = 0
         self._lock = threading.Lock()
 
-    def carry_out(self, prompt, scene, seed):
+    def carry_out(self, prompt, scene, seed, held=frozenset()):
         with self._lock:
             self.calls += 1
             self.running += 1
             self.most = max(self.most, self.running)
         try:
             time.sleep(self.delay)
-            return super().carry_out(prompt, scene, seed)
+            return super().carry_out(prompt, scene, seed, held)
         finally:
             with self._lock:
                 self.running -= 1
 
 
 class BrokenGenerator(SandboxGenerator):
-    def carry_out(self, prompt, scene, seed):
+    def carry_out(self, prompt, scene, seed, held=frozenset()):
         raise RuntimeError("the server answered 500")
 
 
@@ -160,9 +160,10 @@ def test_a_fix_that_costs_picture_quality_loses_the_quality_part():
         def quality(self, image):
             return 4.0
 
-    _, [result] = score([answer(False, FIX)], [FAILED], judge=Harsh())
+    # Against the rejected picture (the paper's baseline): from its quality 10 down to 4.
+    _, [result] = score([answer(False, FIX)], [FAILED], judge=Harsh(), baseline="rejected")
     assert result.judge_semantics == 10.0 and result.judge_quality == 4.0
-    assert result.quality == pytest.approx(0.2)  # from the rejected picture's 10 down to 4
+    assert result.quality == pytest.approx(0.2)
     assert result.total == pytest.approx(0.5 + 0.5 * (0.2 + 0.6 * 1.0 + 0.2 * 0.2))
 
 
@@ -191,7 +192,7 @@ def test_a_failing_generator_abstains_for_its_completions_only():
     )
     assert failed.total is None and "generator failed" in failed.abstained
     assert passed.total == pytest.approx(0.8)
-    assert reward.stats["generator_failures"] == 1
+    assert reward.stats["generator_failures"] == 2 * reward.samples  # the fix and the re-sent failed prompt
 
 
 def test_a_judge_answer_that_does_not_parse_abstains():
@@ -212,10 +213,24 @@ def test_a_judge_score_out_of_range_abstains():
 
 def test_a_generator_that_times_out_abstains():
     reward, [result] = score(
-        [answer(False, FIX)], [FAILED], generator=CountingGenerator(delay=1.0), timeout=0.1
+        [answer(False, FIX)],
+        [FAILED],
+        generator=CountingGenerator(delay=1.0),
+        timeout=0.1,
+        samples=1,
+        baseline="rejected",
     )
     assert result.total is None and "within 0.1 s" in result.abstained
     assert reward.stats["generator_timeouts"] == 1
+
+
+def test_draws_waiting_for_a_worker_do_not_time_out():
+    # Eight draws of 0.2 s one at a time take 1.6 s: each is within its 0.5 s, however long it waited.
+    generator = CountingGenerator(delay=0.2)
+    texts = [answer(False, FIX.replace("red", c)) for c in ["red", "green", "blue"]]
+    reward, results = score(texts, [FAILED] * 3, generator=generator, concurrency=1, timeout=0.5, samples=2)
+    assert generator.calls == 8 and all(r.total is not None for r in results)  # 3 prompts + the failed one
+    assert reward.stats["generator_timeouts"] == 0
 
 
 def test_a_missing_before_image_abstains(tmp_path):
@@ -231,7 +246,7 @@ def test_repeated_prompts_generate_once_and_the_cache_survives_a_restart(tmp_pat
     generator = CountingGenerator()
     texts = [answer(False, FIX)] * 4 + [answer(False, FIX.replace("red", "green"))] * 4
     reward, results = score(texts, [FAILED] * 8, generator=generator, cache_dir=tmp_path)
-    assert generator.calls == 2
+    assert generator.calls == 3 * reward.samples  # two prompts and the failed one as the baseline, per seed
     assert len({r.total for r in results[:4]}) == 1
     again = CountingGenerator()
     _, second = score(texts, [FAILED] * 8, generator=again, cache_dir=tmp_path)
@@ -244,7 +259,9 @@ def test_calls_run_in_parallel_within_the_bound():
     generator = CountingGenerator(delay=0.2)
     colours = ["red", "green", "blue", "yellow", "purple", "orange"]
     texts = [answer(False, FIX.replace("red", c)) for c in colours]
-    _, results = score(texts, [FAILED] * 6, generator=generator, concurrency=2)
+    _, results = score(
+        texts, [FAILED] * 6, generator=generator, concurrency=2, samples=1, baseline="rejected"
+    )
     assert generator.calls == 6 and generator.most == 2  # two at a time: never one by one, never more
     assert all(r.total is not None for r in results)
 
@@ -291,4 +308,70 @@ def test_only_the_latest_pictures_stay_in_memory(tmp_path):
         reward.close()
     in_memory = [v for v in reward.cache.memory.values() if not isinstance(v, float)]
     assert len(in_memory) == 2
-    assert len(list((tmp_path / "images").glob("*.png"))) == 4  # the disk keeps them all
+    # The disk keeps them all: four prompts and the failed one, each drawn with every seed.
+    assert len(list((tmp_path / "images").glob("*.png"))) == 5 * reward.samples
+
+
+# -- the step part measures the fix, not the luck ------------------------------------------------------------
+
+# An edit whose prompt places the new object by a relation: the sandbox generator puts it in the wrong cell
+# half the time. The rejected picture had the circle in the wrong cell (semantics 0, quality 10).
+SQUARE = "draw a large blue square at the centre; nothing else"
+RELATION = "add a small red circle right of the blue square"
+REWORDED = "add a small red circle right of the blue square; keep everything else unchanged"  # still vague
+PRECISE = "add a small red circle at the right; keep everything else unchanged"
+# From seed 3 the relation prompt draws right, right, wrong, wrong cell, wrong cell... : one lucky redraw.
+LUCKY_SEED = 3
+
+
+def vague_edit_case() -> StepCase:
+    before = SandboxGenerator().text_to_image(SQUARE, width=64, height=64, seed=0)
+    return StepCase(RELATION, RELATION, before, False, 0.0, 10.0)
+
+
+def test_a_precise_refinement_earns_more_than_resending_the_failed_prompt():
+    case = vague_edit_case()
+    texts = [answer(False, RELATION), answer(False, REWORDED), answer(False, PRECISE)]
+    # One fixed seed (the paper's reward), a lucky one: re-sending the failed prompt earns as much as the fix.
+    _, (resent, _, precise) = score(texts, [case] * 3, seed=LUCKY_SEED, samples=1, baseline="rejected")
+    assert resent.judge_semantics == precise.judge_semantics == 10.0
+    assert resent.total == precise.total
+    # The default draws each prompt with several seeds and compares it with the failed prompt re-sent under
+    # the same seeds: re-sending earns exactly "no change", a still vague rewording no more, the fix more.
+    reward, (resent, reworded, precise) = score(texts, [case] * 3, seed=LUCKY_SEED)
+    assert reward.samples > 1 and reward.baseline == "resend"
+    assert resent.semantics == resent.quality == 0.5
+    assert (
+        resent.baseline_semantics == resent.judge_semantics < 10.0
+    )  # the failed prompt's mean over the seeds
+    assert precise.judge_semantics == 10.0 and precise.semantics > 0.6
+    assert precise.total - resent.total > 0.03 and precise.total - reworded.total > 0.03
+    assert reworded.total <= resent.total + 1e-9
+
+
+def test_every_seed_draws_each_prompt_once_and_a_failed_draw_abstains():
+    class FailsOnOneSeed(CountingGenerator):
+        def edit(self, before, prompt, *, seed, references=()):
+            if prompt == PRECISE and seed == 2:
+                raise RuntimeError("out of memory")
+            return super().edit(before, prompt, seed=seed, references=references)
+
+    case = vague_edit_case()
+    generator = CountingGenerator()
+    reward, results = score(
+        [answer(False, PRECISE)] * 3 + [answer(False, RELATION)], [case] * 4, generator=generator
+    )
+    assert generator.calls == 2 * reward.samples  # the fix and the failed prompt, once per seed each
+    assert all(r.total is not None for r in results)
+    reward, (fix, resend) = score(
+        [answer(False, PRECISE), answer(False, RELATION)], [case] * 2, generator=FailsOnOneSeed()
+    )
+    assert fix.total is None and "out of memory" in fix.abstained  # no mean over the draws that worked
+    assert resend.total is not None
+
+
+def test_the_draw_settings_are_checked():
+    with pytest.raises(ValueError, match="samples must be"):
+        CriticReward(SandboxGenerator(), SandboxJudge(), samples=0)
+    with pytest.raises(ValueError, match="baseline must be one of resend, rejected"):
+        CriticReward(SandboxGenerator(), SandboxJudge(), baseline="luck")

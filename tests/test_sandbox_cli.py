@@ -228,3 +228,68 @@ def test_eval_task_ids_from_a_file_stay_inside_out(tmp_path, capsys):
         assert main([*argv, "--quiet"]) == 2
         err = capsys.readouterr().err
         assert f"{path}:2:" in err and says in err, err
+
+
+class _WrongFirstPrompt:
+    """The oracle Planner, except that step 1's prompt draws something else, exactly."""
+
+    name = "oracle planner with a wrong first prompt"
+    prompt = "draw a small green diamond at the bottom right; nothing else"
+
+    def complete(self, messages, *, seed, temperature=None, cancel=None):
+        from dataclasses import replace
+
+        from interleave_thinker.core.protocol import Plan, parse_plan
+        from interleave_thinker.sandbox.oracle import OraclePlanner, answer
+
+        plan = parse_plan(OraclePlanner().complete(messages, seed=seed))
+        steps = (replace(plan.steps[0], prompt=self.prompt), *plan.steps[1:])
+        return answer("A plan.", Plan(steps).to_dict())
+
+
+def test_the_demo_shows_the_oracle_beside_a_critic_that_accepted_a_wrong_step(tmp_path):
+    from helpers import ScriptedAgent
+
+    from interleave_thinker.sandbox.demo import demo_tasks, run_demo
+    from interleave_thinker.sandbox.grading import scene_summary
+
+    yes_man = ScriptedAgent(['<answer>{"previous_step_success": true, "refine_prompt": ""}</answer>'])
+    index, _ = run_demo(
+        tmp_path, _WrongFirstPrompt(), yes_man, tasks=demo_tasks(2), labels={"Critic": "accepts everything"}
+    )
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    page = html.unescape(index.read_text())
+    figures = dict(re.findall(r'<figure class="step[^"]*" id="([^"]+)">(.*?)</figure>', page, re.DOTALL))
+    wrong_steps = 0
+    for story in summary["stories"]:
+        board = Storyboard.load(tmp_path / story["folder"])
+        task = next(t for t in demo_tasks(2) if t.id == story["task"])
+        story_page = html.unescape((tmp_path / story["folder"] / "index.html").read_text())
+        assert "The oracle's check" in story_page  # the storyboard's own page says what the oracle found
+        for truth in story["oracle"]:
+            if truth["right"]:
+                continue
+            wrong_steps += 1
+            number = truth["number"]
+            # What the oracle expected and saw, in its own words for this picture (a later step may ask for
+            # what the wrong step 1 left out: the oracle then says it cannot be carried out here).
+            index_ = number - 1
+            score = judge_step(
+                task.steps[index_], read(board.before_image(index_)), board.steps[index_].image
+            )
+            expected, seen = truth["expected"], truth["seen"]
+            assert truth["critic"] == "accepted" and seen == scene_summary(score.seen)
+            if score.expected is not None:
+                assert expected == scene_summary(score.expected)
+            else:
+                assert "cannot be carried out" in expected
+            # On the demo's index and on the storyboard's page, the step never shows only "accepted".
+            figure = figures[f"{story['folder']}-step-{number}"]
+            step_section = story_page.split(f'id="step-{number}"', 1)[1].split("</section>", 1)[0]
+            for shown in (figure, step_section):
+                shown = re.sub(r"<[^>]+>", "", shown)  # the words a reader sees
+                assert "Critic: accepted, but the oracle marks the step wrong" in shown
+                assert "Oracle: wrong" in shown
+                assert f"Expected: {expected}" in shown and f"Saw: {seen}" in shown
+    assert wrong_steps >= 2  # step 1 of each story drew the wrong shape, and the Critic accepted it
+    assert "the Critic accepted" in page  # the headline says so too

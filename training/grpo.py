@@ -8,7 +8,9 @@ Sections beyond those of ``sft`` (see ``config.py``)::
 
     reward:
       weights: {format: 0.5, accuracy: 0.1, semantics: 0.3, quality: 0.1}   # the paper's
-      seed: 0                 # the fixed seed of every regeneration
+      seed: 0                 # the first seed of the regenerations
+      samples: 4              # draws per tested prompt, seeds seed, seed+1, ...: how well it draws
+      baseline: resend        # resend: the failed prompt redrawn under the same seeds | rejected: the label's
       concurrency: 4          # generator and judge calls at once (per training process)
       timeout: 300            # seconds per call; a late call abstains
       cache_dir: null         # keep generations and judge scores across runs
@@ -20,6 +22,11 @@ Sections beyond those of ``sft`` (see ``config.py``)::
     judge: {kind: vlm, spec: http://127.0.0.1:8000/v1, model: judge-model, api_key_env: JUDGE_API_KEY}
               # kind: vlm (model folder or OpenAI-compatible URL) | import (target, options)
 
+Besides TRL's metrics the log has ``critic/flat_groups``: the share of groups whose rewards are all equal
+within ``FLAT_GROUP_TOLERANCE``, which carry no signal. TRL's ``frac_reward_zero_std`` compares each group's
+float32 std with zero at ``torch.isclose``'s 1e-8 and counts a group of eight equal rewards (std about 6e-8)
+as signal, so it overrates the signal.
+
 Both sections are required. The tiny profile imports the sandbox's procedural generator and oracle judge:
 ``{kind: import, target: "interleave_thinker.sandbox.generator:SandboxGenerator"}``.
 """
@@ -27,6 +34,7 @@ Both sections are required. The tiny profile imports the sandbox's procedural ge
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +44,7 @@ from typing import Any
 from . import config as cfg
 from .data import CriticRLRows, DataError, DataReport, Templates
 from .models import ModelError
-from .rewards import CriticReward, RewardWeights
+from .rewards import DEFAULT_BASELINE, DEFAULT_SAMPLES, CriticReward, RewardWeights, check_draws
 from .runs import model_folder, read_sources, run_info, save_final, start, state, write_json
 from .sft import read_args
 
@@ -50,6 +58,11 @@ GRPO_DEFAULTS: dict[str, Any] = {
     "max_completion_length": 512,  # a verdict is short; a runaway answer is cut here
     "beta": 0.0,
 }
+# A group whose rewards span at most this is flat: its advantages are rounding noise, not a ranking. Float32
+# noise on equal rewards is about 1e-7; the smallest real difference the reward makes is about 1e-3 (one
+# judge point over 4 draws at weight 0.1): the tolerance is a thousandfold above the one, tenfold below the
+# other.
+FLAT_GROUP_TOLERANCE = 1e-4
 # Tokens a Critic must never write: a generated image placeholder breaks the next forward pass.
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
 
@@ -58,11 +71,16 @@ VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision
 class RewardSettings:
     weights: dict[str, float] = field(default_factory=dict)
     seed: int = 0
+    samples: int = DEFAULT_SAMPLES
+    baseline: str = DEFAULT_BASELINE
     concurrency: int = 4
     timeout: float = 300.0
     cache_dir: str | None = None
     require_think: bool = False
     max_prompt_chars: int = 1000
+
+    def __post_init__(self) -> None:
+        check_draws(self.samples, self.baseline)
 
 
 GENERATOR_KINDS = ("diffusers", "comfyui", "import")
@@ -194,12 +212,46 @@ def build_reward(settings: GRPOSettings) -> CriticReward:
         build_judge(settings.judge),
         weights=weights,
         seed=r.seed,
+        samples=r.samples,
+        baseline=r.baseline,
         concurrency=r.concurrency,
         timeout=r.timeout,
         cache_dir=r.cache_dir,
         require_think=r.require_think,
         max_prompt_chars=r.max_prompt_chars,
     )
+
+
+def flat_group_share(
+    rewards: Sequence[float | None], group_size: int, tolerance: float = FLAT_GROUP_TOLERANCE
+) -> float:
+    """The share of the groups (``group_size`` consecutive rewards) whose scored rewards span at most
+    ``tolerance``. Abstentions (None, NaN) are left out, as TRL leaves them out of the baseline; a group with
+    fewer than two scores is flat."""
+    if group_size < 1 or len(rewards) % group_size:
+        raise ValueError(f"{len(rewards)} rewards do not split into groups of {group_size}")
+    groups = [rewards[i : i + group_size] for i in range(0, len(rewards), group_size)]
+    flat = 0
+    for group in groups:
+        scored = [r for r in group if r is not None and not math.isnan(r)]
+        flat += len(scored) < 2 or max(scored) - min(scored) <= tolerance
+    return flat / len(groups) if groups else 0.0
+
+
+class FlatGroupLogger:
+    """The reward as GRPOTrainer calls it, also logging ``critic/flat_groups`` for each batch that holds whole
+    groups (one process, or a per-device batch that is a multiple of ``num_generations``)."""
+
+    def __init__(self, reward: CriticReward, group_size: int):
+        self.reward = reward
+        self.group_size = group_size
+        self.__name__ = reward.__name__  # the name TRL logs the reward under
+
+    async def __call__(self, *args: Any, log_metric=None, **kwargs: Any) -> list[float | None]:
+        totals = await self.reward(*args, log_metric=log_metric, **kwargs)
+        if log_metric is not None and totals and len(totals) % self.group_size == 0:
+            log_metric("critic/flat_groups", flat_group_share(totals, self.group_size))
+        return totals
 
 
 @dataclass
@@ -244,7 +296,7 @@ def run_grpo(raw: dict[str, Any]) -> GRPOResult:
         )
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[reward],
+        reward_funcs=[FlatGroupLogger(reward, args.num_generations)],
         args=args,
         train_dataset=CriticRLRows(examples, templates, max_pixels=settings.data.max_pixels).as_dataset(),
         processing_class=processor,
@@ -257,7 +309,14 @@ def run_grpo(raw: dict[str, Any]) -> GRPOResult:
     finally:
         reward.close()
     info = run_info(
-        settings, "grpo", base, report, reward_stats=dict(reward.stats), reward_weights=vars(reward.weights)
+        settings,
+        "grpo",
+        base,
+        report,
+        reward_stats=dict(reward.stats),
+        reward_weights=vars(reward.weights),
+        reward_draws={"samples": reward.samples, "baseline": reward.baseline},
+        flat_group_tolerance=FLAT_GROUP_TOLERANCE,
     )
     final = save_final(trainer, out, info)
     log.info("reward calls: %s", dict(reward.stats))

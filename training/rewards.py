@@ -6,18 +6,27 @@ For one completion of a Critic RL row (before image, step instruction, prompt us
   else, and the verdict parses (``core/protocol.parse_verdict``); a completion that fails it scores 0 overall:
   without a verdict there is nothing to agree and no prompt to try.
 - ``accuracy`` A is 1 when the verdict agrees with the label.
-- The step reward applies only where the label says the step failed: the refined prompt (else the prompt used)
-  regenerates the step from the same before image with a fixed seed, the judge scores the new image, and the
-  improvement over the rejected image's scores is mapped to [0, 1]: ``S = ((new - label) / 10 + 1) / 2``
-  (0.5 means no change). Where the label says the step passed, S_sem = S_q = 0.5.
+- The step reward applies only where the label says the step failed. It estimates how well the refined
+  prompt (else the prompt used) draws the step, not whether one draw got lucky: the prompt regenerates the
+  step from the same before image with ``samples`` seeds (``seed``, ``seed + 1``, ...), the judge scores each
+  new image, and the mean scores are compared with a baseline, mapped to [0, 1]:
+  ``S = ((new - base) / 10 + 1) / 2`` (0.5 means no change). The baseline (``baseline``) is by default
+  ``"resend"``: the failed prompt itself, redrawn under the same seeds, so re-sending the very prompt that
+  failed earns exactly 0.5 and a refinement earns what it adds over a retry; ``"rejected"`` is the paper's,
+  the rejected image's scores from the label (with ``samples=1`` the paper's reward). Where the label says
+  the step passed, S_sem = S_q = 0.5.
 
 ``total = w_format*F + w_accuracy*A + w_semantics*S_sem + w_quality*S_q``; the default weights are the
 paper's, ``0.5*F + 0.5*(0.2*A + 0.6*S_sem + 0.2*S_q)``.
 
-Generator and judge calls run in a thread pool of ``concurrency`` workers with a timeout each, deduplicated
-within a batch and cached (in memory, and on disk with ``cache_dir``). A call that fails or times out makes
-that completion abstain: its reward is None, which TRL leaves out of the group baseline. It never crashes the
-batch and never stands in a made-up score.
+Cost per failed row: ``samples`` generations and up to ``2 * samples`` judge calls for each distinct prompt
+its completions test, plus the same for the failed prompt with ``baseline: resend`` (shared by the group, and
+no extra cost when a completion re-sends it). Calls run in a thread pool of ``concurrency`` workers with a
+timeout each, deduplicated within a batch and cached (in memory, and on disk with ``cache_dir``; a quality
+score is cached by picture, so identical draws are judged once). A call that fails or times out makes that
+completion abstain (all the completions of its row, for the baseline): its reward is None, which TRL leaves
+out of the group baseline. It never crashes the batch and never stands in a made-up score, nor a mean over
+fewer draws.
 """
 
 from __future__ import annotations
@@ -30,8 +39,9 @@ import math
 import os
 import re
 import uuid
+import weakref
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -47,6 +57,18 @@ from .judge import Judge
 log = logging.getLogger(__name__)
 
 NEUTRAL = 0.5
+BASELINES = ("resend", "rejected")
+DEFAULT_SAMPLES, DEFAULT_BASELINE = 4, "resend"
+
+
+def check_draws(samples: int, baseline: str) -> None:
+    """The regenerate-and-judge term's draw settings, checked once for the config and the reward alike."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a whole number of draws, at least 1, got {samples!r}")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+
+
 _SHAPE_RE = re.compile(r"\A\s*(?:<think>.*?</think>\s*)?<answer>.*?</answer>\s*\Z", re.DOTALL | re.IGNORECASE)
 _SHAPE_THINK_RE = re.compile(
     r"\A\s*<think>.*?</think>\s*<answer>.*?</answer>\s*\Z", re.DOTALL | re.IGNORECASE
@@ -93,8 +115,10 @@ class RewardResult:
     semantics: float | None = None
     quality: float | None = None
     tested_prompt: str = ""
-    judge_semantics: float | None = None
+    judge_semantics: float | None = None  # the means over the draws of the tested prompt
     judge_quality: float | None = None
+    baseline_semantics: float | None = None  # what the step part compares them with
+    baseline_quality: float | None = None
     abstained: str = ""
     reason: str = ""
 
@@ -217,6 +241,8 @@ class CriticReward:
         *,
         weights: RewardWeights = RewardWeights(),
         seed: int = 0,
+        samples: int = DEFAULT_SAMPLES,
+        baseline: str = DEFAULT_BASELINE,
         concurrency: int = 4,
         timeout: float = 300.0,
         cache_dir: str | Path | None = None,
@@ -225,12 +251,15 @@ class CriticReward:
     ):
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        check_draws(samples, baseline)
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         self.generator = generator
         self.judge = judge
         self.weights = weights
         self.seed = seed
+        self.samples = samples
+        self.baseline = baseline
         self.timeout = timeout
         self.require_think = require_think
         self.max_prompt_chars = max_prompt_chars
@@ -238,6 +267,8 @@ class CriticReward:
         self.stats: Counter = Counter()
         # The pool bounds concurrency even when a timed-out call is still running in its thread.
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="critic-reward")
+        self._concurrency = concurrency
+        self._slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a semaphore per event loop
         self._inflight: dict[str, asyncio.Future] = {}
         self._befores: dict[str, tuple[Image.Image, str]] = {}
 
@@ -281,8 +312,17 @@ class CriticReward:
         if len(texts) != len(cases):
             raise ValueError(f"{len(texts)} completions but {len(cases)} rows")
         results: list[RewardResult] = []
-        pending: dict[int, Awaitable] = {}
-        steps: dict[tuple, asyncio.Task] = {}
+        pending: dict[int, tuple[asyncio.Future, asyncio.Future | None]] = {}
+        estimates: dict[tuple, asyncio.Future] = {}
+
+        def estimate(case: StepCase, prompt: str) -> asyncio.Future:
+            # A group often repeats a prompt or re-sends the failed one: one estimate serves them all.
+            before_id = id(case.before) if isinstance(case.before, Image.Image) else str(case.before)
+            key = (before_id, case.original_instruction, prompt)
+            if key not in estimates:
+                estimates[key] = asyncio.ensure_future(self._estimate(case, prompt))
+            return estimates[key]
+
         for index, (text, case) in enumerate(zip(texts, cases)):
             verdict, reason = check_format(
                 text, require_think=self.require_think, max_prompt_chars=self.max_prompt_chars
@@ -297,23 +337,27 @@ class CriticReward:
             if case.label_success:
                 result.semantics = result.quality = NEUTRAL
                 continue
-            result.tested_prompt = verdict.refine_prompt or case.prompt_used or case.original_instruction
-            before_id = id(case.before) if isinstance(case.before, Image.Image) else str(case.before)
-            key = (before_id, case.original_instruction, result.tested_prompt)
-            if key not in steps:  # completions of one group often repeat a prompt: one generation serves them
-                steps[key] = asyncio.ensure_future(self._step(case, result.tested_prompt))
-            pending[index] = steps[key]
-        outcomes = dict(zip(pending, await asyncio.gather(*pending.values(), return_exceptions=True)))
+            failed = case.prompt_used or case.original_instruction
+            result.tested_prompt = verdict.refine_prompt or failed
+            base = estimate(case, failed) if self.baseline == "resend" else None
+            pending[index] = (estimate(case, result.tested_prompt), base)
+        done = dict(
+            zip(estimates.values(), await asyncio.gather(*estimates.values(), return_exceptions=True))
+        )
         for index, result in enumerate(results):
-            if index in outcomes:
-                outcome = outcomes[index]
-                if isinstance(outcome, BaseException):
-                    result.abstained = str(outcome) or type(outcome).__name__
-                    continue
+            if index in pending:
+                tested, base = pending[index]
                 case = cases[index]
+                outcome = done[tested]
+                base_outcome = done[base] if base is not None else (case.label_semantics, case.label_quality)
+                failure = next((o for o in (outcome, base_outcome) if isinstance(o, BaseException)), None)
+                if failure is not None:
+                    result.abstained = str(failure) or type(failure).__name__
+                    continue
                 result.judge_semantics, result.judge_quality = outcome
-                result.semantics = improvement(outcome[0], case.label_semantics)
-                result.quality = improvement(outcome[1], case.label_quality)
+                result.baseline_semantics, result.baseline_quality = base_outcome
+                result.semantics = improvement(outcome[0], base_outcome[0])
+                result.quality = improvement(outcome[1], base_outcome[1])
             if result.format:
                 w = self.weights
                 result.total = (
@@ -343,19 +387,31 @@ class CriticReward:
             "abstained": sum(1 for r in results if r.abstained) / len(results) if results else 0.0,
         }
 
-    async def _step(self, case: StepCase, prompt: str) -> tuple[float, float]:
+    async def _estimate(self, case: StepCase, prompt: str) -> tuple[float, float]:
+        """The mean judge scores of ``prompt`` drawn with each of the ``samples`` seeds; any failed draw
+        fails the estimate."""
+        seeds = range(self.seed, self.seed + self.samples)
+        draws = await asyncio.gather(
+            *(self._step(case, prompt, seed) for seed in seeds), return_exceptions=True
+        )
+        failure = next((d for d in draws if isinstance(d, BaseException)), None)
+        if failure is not None:
+            raise failure
+        return sum(d[0] for d in draws) / len(draws), sum(d[1] for d in draws) / len(draws)
+
+    async def _step(self, case: StepCase, prompt: str, seed: int) -> tuple[float, float]:
         before, before_id = self._before(case.before)
         if is_white(before):
             width, height = before.size
-            gen_key = _key(self.generator.name, "text", prompt, self.seed, width, height)
+            gen_key = _key(self.generator.name, "text", prompt, seed, width, height)
 
             def make():
-                return self.generator.text_to_image(prompt, width=width, height=height, seed=self.seed)
+                return self.generator.text_to_image(prompt, width=width, height=height, seed=seed)
         else:
-            gen_key = _key(self.generator.name, "edit", before_id, prompt, self.seed)
+            gen_key = _key(self.generator.name, "edit", before_id, prompt, seed)
 
             def make():
-                return self.generator.edit(before, prompt, seed=self.seed)
+                return self.generator.edit(before, prompt, seed=seed)
 
         image = await self._cached("image", gen_key, make, "generator")
         if not isinstance(image, Image.Image):
@@ -414,6 +470,13 @@ class CriticReward:
 
     async def _run(self, call: Callable[[], Any], who: str) -> Any:
         loop = asyncio.get_running_loop()
+        slots = self._slots.get(loop)
+        if slots is None:
+            slots = self._slots[loop] = asyncio.Semaphore(self._concurrency)
+        async with slots:  # the timeout runs from the call's start, not from its wait behind the other draws
+            return await self._call(loop, call, who)
+
+    async def _call(self, loop: asyncio.AbstractEventLoop, call: Callable[[], Any], who: str) -> Any:
         self.stats[f"{who}_calls"] += 1
         try:
             value = await asyncio.wait_for(loop.run_in_executor(self._pool, call), self.timeout)
@@ -422,7 +485,7 @@ class CriticReward:
             raise StepFailed(f"{who} gave no answer within {self.timeout:g} s") from None
         except (
             Exception
-        ) as error:  # any backend failure (HTTP, CUDA, parse) abstains rather than crash the batch
+        ) as error:  # any backend failure (HTTP, CUDA, parse) abstains, never crashes the batch
             self.stats[f"{who}_failures"] += 1
             if self.stats[f"{who}_failures"] <= 5:
                 log.warning(
@@ -439,12 +502,16 @@ class CriticReward:
 
 
 __all__ = [
+    "BASELINES",
+    "DEFAULT_BASELINE",
+    "DEFAULT_SAMPLES",
     "CriticReward",
     "NEUTRAL",
     "RewardResult",
     "RewardWeights",
     "StepCase",
     "StepFailed",
+    "check_draws",
     "check_format",
     "completion_text",
     "improvement",
