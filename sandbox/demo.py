@@ -77,8 +77,9 @@ def step_truths(task: Task, story: Storyboard | None) -> list[StepTruth]:
     ``evaluate.score_story``, with its words kept)."""
     truths = []
     for index, sentence in enumerate(task.steps):
-        number = index + 1
         step = story.steps[index] if story is not None and index < len(story.steps) else None
+        # The storyboard's own numbering: a continued story's first planned step is 3 after two pictures.
+        number = step.number if step is not None else task.first_step_number + index
         if task.kind == "describe":
             before = EMPTY if index == 0 else task.scenes[index - 1]
             after = task.scenes[index]
