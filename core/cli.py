@@ -784,8 +784,8 @@ def _configure_resume(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="storyboard folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing storyboard folder")
     _add_model_options(parser)
-    # Unset, the story's own seed: the same storyboard redrawn from step K with a new prompt only.
-    parser.set_defaults(seed=None)
+    # Unset, the story's own seed and anchor: the same storyboard redrawn from step K with a new prompt only.
+    parser.set_defaults(seed=None, anchor=None)
 
 
 def make_resume(generators: Mapping[str, GeneratorFactory]) -> Callable[[argparse.Namespace], int]:
@@ -799,9 +799,9 @@ def make_resume(generators: Mapping[str, GeneratorFactory]) -> Callable[[argpars
         if args.reference:
             raise BadInput("resume keeps the storyboard's own reference pictures; leave out --reference")
         story = Storyboard.load(source)
-        check_args(_with_seed(args, story.seed), generators)
+        check_args(_with_saved(args, story), generators)
         check_out(out, args.overwrite)
-        config = loop_config(_with_seed(args, story.seed))
+        config = loop_config(_with_saved(args, story))
         plan = read_plan(args.plan, config.max_steps) if args.plan else None
         models = load_models(args, generators)
         progress = Progress("resume", not args.quiet)
@@ -835,8 +835,12 @@ def make_resume(generators: Mapping[str, GeneratorFactory]) -> Callable[[argpars
     return resume_command
 
 
-def _with_seed(args: argparse.Namespace, seed: int) -> argparse.Namespace:
-    return argparse.Namespace(**{**vars(args), "seed": seed if args.seed is None else args.seed})
+def _with_saved(args: argparse.Namespace, story) -> argparse.Namespace:
+    """``args`` with the story's own seed and anchor where the user did not give one."""
+    saved = story.settings.get("loop") if isinstance(story.settings.get("loop"), dict) else {}
+    anchor = args.anchor if args.anchor is not None else saved.get("anchor", settings.DEFAULT_ANCHOR)
+    seed = story.seed if args.seed is None else args.seed
+    return argparse.Namespace(**{**vars(args), "seed": seed, "anchor": anchor})
 
 
 def make_batch(generators: Mapping[str, GeneratorFactory]) -> Callable[[argparse.Namespace], int]:

@@ -189,3 +189,15 @@ def test_the_resume_command_refuses_a_bad_step_and_its_own_folder_as_out(server,
     argv = ["resume", str(first), "--from-step", "2", "--out", str(first), "--overwrite", *quick(server)]
     assert program.main(argv) == cli.EXIT_BAD_INPUT and "new folder" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_resume_command_keeps_the_storys_anchor_unless_told_otherwise(server, tmp_path):
+    first = tmp_path / "first"
+    assert program.main(["run", "circles", "--anchor", "first", "--out", str(first), *quick(server)]) == 0
+    for extra, anchor in (([], "first"), (["--anchor", "none"], "none")):
+        out = tmp_path / f"again-{anchor}"
+        argv = ["resume", str(first), "--from-step", "3", *extra, "--out", str(out), *quick(server)]
+        assert program.main(argv) == 0
+        story = Storyboard.load(out)
+        assert story.settings["loop"]["anchor"] == anchor
+        assert all(("step 1" in a.references) == (anchor == "first") for a in story.steps[2].attempts)
