@@ -169,3 +169,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def quick(server, *extra):
+    """CLI options for a quick offline run: the Planner at ``server``, the sandbox generator, 64x64."""
+    return [
+        "--planner", server.url, "--planner-model", "m", "--generator", "sandbox",
+        "--width", "64", "--height", "64", "--retries", "0", "--quiet", *extra,
+    ]  # fmt: skip

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ChatServer, free_port, pixels, plan_text, verdict_text
+from helpers import ChatServer, free_port, pixels, plan_text, quick, verdict_text
 from PIL import Image
 
 from interleave_thinker import cli as program
@@ -350,13 +350,6 @@ def sandbox_reply(body, n):
     if sum(isinstance(p, dict) and p.get("type") == "image_url" for p in parts) == 2:
         return verdict_text(True)
     return SANDBOX_PLAN
-
-
-def quick(server, *extra):
-    return [
-        "--planner", server.url, "--planner-model", "m", "--generator", "sandbox",
-        "--width", "64", "--height", "64", "--retries", "0", "--quiet", *extra,
-    ]  # fmt: skip
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ redraws the rest; ``run --plan FILE`` draws exactly the file's steps without ask
 import json
 
 import pytest
-from helpers import ChatServer, PaintGenerator, ScriptedAgent, pixels, plan_text, verdict_text
+from helpers import ChatServer, PaintGenerator, ScriptedAgent, pixels, plan_text, quick, verdict_text
 
 from interleave_thinker import cli as program
 from interleave_thinker.core import cli
@@ -114,13 +114,6 @@ def reply(body, n):
 def server():
     with ChatServer(reply) as running:
         yield running
-
-
-def quick(server, *extra):
-    return [
-        "--planner", server.url, "--planner-model", "m", "--generator", "sandbox",
-        "--width", "64", "--height", "64", "--retries", "0", "--quiet", *extra,
-    ]  # fmt: skip
 
 
 def planner_calls(server):
