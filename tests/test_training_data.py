@@ -380,3 +380,26 @@ def test_a_generated_source_that_cannot_write_says_why_and_leaves_nothing(tmp_pa
         with pytest.raises(ConfigError, match=message):
             generated(tmp_path, "critic", "sft", **source)
     assert not list((tmp_path / "data").iterdir())  # no half-written folder is left behind
+
+
+def test_row_lengths_order_rows_as_their_rendered_text_does_without_rendering_them():
+    """What ``train_sampling_strategy: group_by_length`` batches by: long plans with long plans."""
+    from interleave_thinker.sandbox.tasks import make_tasks
+    from interleave_thinker.sandbox.teacher import LONG_SHAPE, planner_examples
+
+    tasks = make_tasks("train", 12, kinds=("build",)) + make_tasks(
+        "train", 12, kinds=("build",), shape=LONG_SHAPE
+    )
+    rows = SFTRows(planner_examples(tasks), Templates.load())
+    lengths = rows.lengths()
+
+    def rendered(index):
+        row = rows[index]
+        parts = row["prompt"][0]["content"] + row["completion"][0]["content"]
+        return sum(len(part.get("text", "")) for part in parts)
+
+    order = sorted(range(len(rows)), key=lambda index: lengths[index])
+    texts = [rendered(index) for index in order]
+    assert texts == sorted(texts)  # text rows: the measure is the text's length plus a constant
+    steps = [len(rows.examples[index].plan.steps) for index in order]
+    assert steps[:12] == sorted(steps[:12]) and min(steps[12:]) >= max(steps[:12])

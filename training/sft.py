@@ -102,15 +102,25 @@ def run_sft(raw: dict[str, Any]) -> SFTResult:
 
     before = measure(model) if evaluate else None
 
-    trainer = SFTTrainer(
+    rows = SFTRows(
+        examples, templates, max_pixels=settings.data.max_pixels, keep_reasoning=settings.data.keep_reasoning
+    )
+
+    class Trainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            # Rows render lazily, so the length-grouped sampler gets lengths measured without rendering them
+            # (the trainer's own would render every row, pictures included, to measure it).
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(batch, lengths=rows.lengths())
+
+    trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=SFTRows(
-            examples,
-            templates,
-            max_pixels=settings.data.max_pixels,
-            keep_reasoning=settings.data.keep_reasoning,
-        ).as_dataset(),
+        train_dataset=rows.as_dataset(),
         processing_class=processor,
         peft_config=peft_config,
         callbacks=[MetricsRecorder(out, title=f"SFT {settings.role}")],
