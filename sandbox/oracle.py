@@ -7,15 +7,19 @@ the SFT targets, and the upper bound the shipped agents are measured against (``
 
 - The Planner splits a request into steps and writes each step's prompt in the request's own words (it
   plans before any picture exists, so relations stay unresolved); for a "describe" request it reads the
-  pictures.
+  pictures, each listed whole in its reasoning before the sentences that describe the changes.
 - The Critic applies the step's prompt exactly to the before picture, compares with the after picture, and
   on a mismatch writes the canonical precise prompt, which the sandbox generator always draws right.
+- The teacher Critic judges as the Critic does but writes its refined prompts as a good, imperfect model
+  would (``TEACHER_STYLES``): its data holds retries that went wrong as well as right.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import lru_cache
 
 from PIL import Image
@@ -24,13 +28,14 @@ from ..core.errors import BadInput
 from ..core.messages import IMAGE_MARKER, Message
 from ..core.prompts import load_template
 from ..core.protocol import Plan, PlanStep, Verdict
-from .grading import change_summary, judge_step, verdict_reasoning
-from .language import parse, precise_prompt
+from .grading import as_scene, change_summary, judge_step, scene_summary, verdict_reasoning
+from .language import KEEP, NOTHING_ELSE, parse, precise_prompt
 from .tasks import Request, read_request
-from .world import EMPTY, Scene, read
+from .world import EMPTY, Scene, read, scene_key
 
 PLANNER_NAME = "sandbox-oracle-planner"
 CRITIC_NAME = "sandbox-oracle-critic"
+TEACHER_CRITIC_NAME = "sandbox-teacher-critic"
 
 
 class OracleError(BadInput):
@@ -126,7 +131,12 @@ def plan_for(request: Request, images: Sequence[Image.Image] = ()) -> tuple[Plan
             steps.append(
                 PlanStep(number, f"Step {number}", None, None, _sentence(change_summary(before, after)))
             )
-        reasoning = f"The {len(scenes)} pictures show {len(scenes)} steps; one sentence for each change."
+        # Each picture read whole first, as the Critic does: each answer then compares two lists written just
+        # before it, and its words are copied from them.
+        seen = " ".join(
+            f"Picture {number}: {scene_summary(scene)}." for number, scene in enumerate(scenes, 1)
+        )
+        reasoning = f"{seen} {len(scenes)} pictures, {len(scenes)} steps; one sentence for each change."
         return Plan(tuple(steps)), reasoning
     first = request.pictures + 1 if request.kind == "continue" else 1
     steps = tuple(
@@ -148,6 +158,36 @@ def verdict_for(before: Image.Image | Scene, after: Image.Image | Scene, origina
     if score.expected is None:
         return Verdict(False, used or original, verdict_reasoning(score))
     return Verdict(False, precise_prompt(score.before, score.expected), verdict_reasoning(score))
+
+
+# How the teacher Critic writes a refined prompt, with its share: the canonical precise prompt half the time;
+# otherwise one vague in a way the sandbox generator punishes: the precise clauses without the closing "keep
+# everything else unchanged" / "nothing else" (a collateral change or an extra object), or the step again in
+# the request's own words (a place by relation, a colour by reference, no closing clause), the useless
+# refinement that re-sends what failed.
+TEACHER_STYLES = {"precise": 0.5, "unclosed": 0.25, "own words": 0.25}
+
+
+def teacher_verdict(
+    before: Image.Image | Scene, after: Image.Image | Scene, original: str, used: str
+) -> Verdict:
+    """The teacher Critic's verdict: the oracle's judgement, with a refined prompt in one of
+    ``TEACHER_STYLES``, drawn from a stream fixed by the call, so a storyboard relabelled later gets the
+    verdict its rollout got."""
+    before, after = as_scene(before), as_scene(after)
+    verdict = verdict_for(before, after, original, used)
+    step = original.strip() or used.strip()
+    if verdict.accepted or verdict.refine_prompt in (used, original):  # nothing to rewrite
+        return verdict
+    key = "\x00".join((step, used, scene_key(before), scene_key(after)))
+    rng = random.Random(f"sandbox-teacher-critic:{key}")
+    style = rng.choices(list(TEACHER_STYLES), weights=list(TEACHER_STYLES.values()))[0]
+    if style == "unclosed":
+        clauses = [c for c in verdict.refine_prompt.split("; ") if c not in (KEEP, NOTHING_ELSE)]
+        return replace(verdict, refine_prompt="; ".join(clauses) or verdict.refine_prompt)
+    if style == "own words":
+        return replace(verdict, refine_prompt=step)
+    return verdict
 
 
 class OraclePlanner:
@@ -181,9 +221,25 @@ class OracleCritic:
         return answer(verdict.reasoning, verdict.to_dict())
 
 
+class TeacherCritic(OracleCritic):
+    """The teacher Critic as an engine Agent (the rollouts of the teacher data): :func:`teacher_verdict`."""
+
+    name = TEACHER_CRITIC_NAME
+
+    def complete(
+        self, messages: Sequence[Message], *, seed: int, temperature: float | None = None, cancel=None
+    ) -> str:
+        before, after, original, used = critic_input(messages)
+        verdict = teacher_verdict(before, after, original, used)
+        return answer(verdict.reasoning, verdict.to_dict())
+
+
 __all__ = [
     "CRITIC_NAME",
     "OracleCritic",
+    "TEACHER_CRITIC_NAME",
+    "TEACHER_STYLES",
+    "TeacherCritic",
     "OracleError",
     "OraclePlanner",
     "PLANNER_NAME",
@@ -193,5 +249,6 @@ __all__ = [
     "plan_for",
     "planner_input",
     "step_name",
+    "teacher_verdict",
     "verdict_for",
 ]

@@ -23,8 +23,9 @@ from .oracle import OracleCritic, OraclePlanner
 AGENTS_DIR = Path(__file__).resolve().parent / "agents"
 SHIPPED = {"shipped": "planner", "sft": "critic-sft", "grpo": "critic-grpo"}
 LABELS = {"none": "no critic", "oracle": "oracle critic", "sft": "SFT critic", "grpo": "GRPO critic"}
-# Sandbox answers are short: a plan of four steps or a verdict fits well within this.
-MAX_NEW_TOKENS = 400
+# Sandbox answers are short: a verdict is under 150 tokens, a plan of the loop's default 12 steps about 660,
+# a description of 12 pictures (each read whole first) up to about 1150.
+MAX_NEW_TOKENS = 1280
 
 
 class SpecError(BadInput):

@@ -31,15 +31,20 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..core import settings
 from ..core.protocol import Plan
 from .evaluate import run_task
 from .grading import judge_step
 from .language import KEEP, NOTHING_ELSE
-from .oracle import OracleCritic, OraclePlanner, plan_for, verdict_for
-from .tasks import Task, iter_tasks, make_tasks, read_request, save_tasks
+from .oracle import OraclePlanner, TeacherCritic, plan_for, teacher_verdict
+from .tasks import StoryShape, Task, iter_tasks, make_tasks, read_request, save_tasks
 from .world import COLOURS, DEFAULT_SIZE, PLACES, SHAPES, SIZES
 
 OFFICIAL_FILES = ("planner_sft.json", "critic_sft.json", "critic_rl.jsonl")
+# The long tasks (``build(long_tasks=...)``) beside the default split: stories up to the loop's default
+# ``max_steps`` in scenes of up to six objects, so the Planner learns to plan that far and the Critics see
+# busy pictures.
+LONG_SHAPE = StoryShape((5, settings.DEFAULT_MAX_STEPS), 6)
 
 
 @dataclass
@@ -99,13 +104,14 @@ def relabel_planner(examples: Sequence) -> tuple[list, list[str]]:
 
 
 def relabel_critic(examples: Sequence) -> tuple[list, list]:
-    """Critic SFT and RL examples from judged attempts: the oracle's verdict and scores of each picture."""
+    """Critic SFT and RL examples from judged attempts: the teacher Critic's verdict and the oracle's scores
+    of each picture."""
     from ..training.data import CriticExample, CriticRLExample
 
     sft, rl = [], []
     for example in examples:
         before, after = _load(example.before), _load(example.after)
-        verdict = verdict_for(before, after, example.original_instruction, example.prompt_used)
+        verdict = teacher_verdict(before, after, example.original_instruction, example.prompt_used)
         sft.append(
             CriticExample(
                 example.before,
@@ -135,8 +141,9 @@ def relabel_critic(examples: Sequence) -> tuple[list, list]:
 def rollouts(
     tasks: Sequence[Task], folder: Path, *, seeds: int = 1, max_attempts: int = 3, progress=None
 ) -> Path:
-    """Run every image task through the loop with the oracle agents, ``seeds`` times, saving storyboards."""
-    planner, critic = OraclePlanner(), OracleCritic()
+    """Run every image task through the loop with the oracle Planner and the teacher Critic, ``seeds`` times,
+    saving storyboards."""
+    planner, critic = OraclePlanner(), TeacherCritic()
     runs = [(task, seed) for task in tasks if task.makes_images for seed in range(seeds)]
     for task, seed in progress(runs) if progress else runs:
         story, _ = run_task(task, planner, critic, max_attempts=max_attempts, seed=seed)
@@ -149,17 +156,20 @@ def build(
     out: str | Path,
     *,
     tasks: int = 1000,
+    long_tasks: int = 0,
     seeds: int = 1,
     task_seed: int = 0,
     from_storyboards: Sequence[str | Path] = (),
     progress=None,
 ) -> dict[str, Path]:
-    """Write the three teacher data files (and the rollouts they came from) to ``out``."""
+    """Write the three teacher data files (and the rollouts they came from) to ``out``: ``tasks`` train tasks
+    of the default shape and ``long_tasks`` of ``LONG_SHAPE``."""
     from ..training.data import read_storyboards, write_critic_rl, write_critic_sft, write_planner_sft
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train = make_tasks("train", tasks, seed=task_seed)
+    train += make_tasks("train", long_tasks, seed=task_seed, shape=LONG_SHAPE)
     save_tasks(train, out / "tasks.jsonl")
     data = TeacherData(planner=planner_examples(train))
     sources = [rollouts(train, out / "storyboards", seeds=seeds, progress=progress)] + [
@@ -312,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument("--tasks", type=int, default=1000, help="train tasks (default 1000)")
     parser.add_argument(
+        "--long-tasks",
+        type=int,
+        default=0,
+        help=f"also this many train tasks of {LONG_SHAPE.steps[0]}-{LONG_SHAPE.steps[1]} steps with up to "
+        f"{LONG_SHAPE.max_objects} objects (default 0)",
+    )
+    parser.add_argument(
         "--seeds", type=int, default=1, help="rollouts per task, each with its own seed (default 1)"
     )
     parser.add_argument("--task-seed", type=int, default=0, help="seed of the task generator (default 0)")
@@ -324,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    if args.tasks < 1 or args.seeds < 1:
-        parser.error("--tasks and --seeds must be at least 1")
+    if args.tasks < 1 or args.seeds < 1 or args.long_tasks < 0:
+        parser.error("--tasks and --seeds must be at least 1, --long-tasks at least 0")
     for folder in args.from_storyboards:
         if not Path(folder).is_dir():
             parser.error(f"--from-storyboards: not a folder: {folder}")
@@ -337,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = build(
         args.out,
         tasks=args.tasks,
+        long_tasks=args.long_tasks,
         seeds=args.seeds,
         task_seed=args.task_seed,
         from_storyboards=args.from_storyboards,
@@ -351,6 +369,7 @@ if __name__ == "__main__":
 
 
 __all__ = [
+    "LONG_SHAPE",
     "OFFICIAL_FILES",
     "build",
     "planner_examples",

@@ -4,7 +4,7 @@
 
 runs these steps, each a command of its own (printed as it runs, so any step can be repeated by hand):
 
-1. ``python -m interleave_thinker.sandbox.teacher --out WORK/data ...``: the oracle's teacher data;
+1. ``python -m interleave_thinker.sandbox.teacher --out WORK/data ...``: the teacher data;
 2. the tiny base model: ``build_tiny_agent`` with a tokenizer trained on sandbox text;
 3. ``python -m interleave_thinker.training.sft --config sandbox/agents/recipes/planner_sft.yaml``;
 4. ``python -m interleave_thinker.training.sft --config sandbox/agents/recipes/critic_sft.yaml``;
@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from ..core.files import atomic_write_text
-from .shipped import AGENTS_DIR, SHIPPED
+from .shipped import AGENTS_DIR, MAX_NEW_TOKENS, SHIPPED
 
 RECIPES = AGENTS_DIR / "recipes"
 # About 1.2 M parameters (5 MB). The templates' fixed text is one token per line, so a Critic prompt is about
@@ -58,6 +58,7 @@ BASE = {
 # retrains it and checks its metrics against those recorded when the shipped agents were installed.
 SHORT = {
     "tasks": 400,
+    "long_tasks": 100,
     "planner_steps": 150,
     "critic_steps": 800,
     "grpo_steps": 4,
@@ -66,11 +67,12 @@ SHORT = {
 }
 FULL = {
     "tasks": 4000,
+    "long_tasks": 1000,
     "planner_steps": None,
     "critic_steps": None,
     "grpo_steps": None,
     "eval_tasks": 100,
-    "max_new_tokens": 400,
+    "max_new_tokens": MAX_NEW_TOKENS,
 }
 RECORD = AGENTS_DIR / "metrics.json"
 # How far a rate of a retrained short run may land from the recorded one. Training on a CPU is deterministic
@@ -144,6 +146,8 @@ def train(
             str(data),
             "--tasks",
             str(plan["tasks"]),
+            "--long-tasks",
+            str(plan["long_tasks"]),
             "--quiet",
         ],
         logs / "teacher.log",

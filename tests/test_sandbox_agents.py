@@ -13,7 +13,14 @@ from interleave_thinker.sandbox.evaluate import evaluate, format_table, plan_fit
 from interleave_thinker.sandbox.generator import SandboxGenerator
 from interleave_thinker.sandbox.grading import judge_step, judge_text
 from interleave_thinker.sandbox.language import apply, is_precise
-from interleave_thinker.sandbox.oracle import OracleCritic, OraclePlanner
+from interleave_thinker.sandbox.oracle import (
+    TEACHER_STYLES,
+    OracleCritic,
+    OraclePlanner,
+    TeacherCritic,
+    teacher_verdict,
+    verdict_for,
+)
 from interleave_thinker.sandbox.tasks import (
     KINDS,
     load_tasks,
@@ -113,6 +120,47 @@ def test_oracle_critic_accepts_right_pictures_and_rewrites_wrong_ones_precisely(
     assert judge_step(step, before, redrawn).success
 
 
+def test_the_teacher_critic_judges_as_the_oracle_and_refines_like_a_good_imperfect_model():
+    """Its verdicts are the oracle's; half its refined prompts are precise and always draw right, the rest are
+    vague in ways the generator punishes, so some of the retries they cause go wrong."""
+    generator = SandboxGenerator()
+    styles = {"precise": 0, "vague": 0}
+    retries_wrong = {"precise": 0, "vague": 0}
+    for task in make_tasks("train", 120, kinds=("build",)):
+        before = EMPTY
+        for step, after in zip(task.steps, task.scenes):
+            drawn = read(
+                generator.text_to_image(step, width=96, height=96, seed=1)
+                if before == EMPTY
+                else generator.edit(render(before), step, seed=1)
+            )
+            oracle, teacher = (
+                verdict_for(before, drawn, step, step),
+                teacher_verdict(before, drawn, step, step),
+            )
+            assert (teacher.accepted, teacher.reasoning) == (oracle.accepted, oracle.reasoning)
+            assert teacher == teacher_verdict(before, drawn, step, step)  # a relabelled storyboard agrees
+            if not oracle.accepted and oracle.refine_prompt != step:
+                style = "precise" if teacher.refine_prompt == oracle.refine_prompt else "vague"
+                assert (style == "precise") == is_precise(teacher.refine_prompt)
+                styles[style] += 1
+                retry = read(
+                    generator.text_to_image(teacher.refine_prompt, width=96, height=96, seed=2)
+                    if before == EMPTY
+                    else generator.edit(render(before), teacher.refine_prompt, seed=2)
+                )
+                retries_wrong[style] += not judge_step(step, before, retry).success
+            before = after
+    rewrites = sum(styles.values())
+    assert rewrites > 100
+    assert abs(styles["precise"] / rewrites - TEACHER_STYLES["precise"]) < 0.1
+    assert retries_wrong["precise"] == 0 and retries_wrong["vague"] > 0.15 * styles["vague"]
+    answer = TeacherCritic().complete(
+        critic_messages(render(EMPTY), render(EMPTY), "draw a red circle", ""), seed=0
+    )
+    assert not parse_verdict(answer).accepted
+
+
 def test_oracle_agents_refuse_messages_that_are_not_sandbox_calls():
     from interleave_thinker.sandbox.oracle import OracleError
 
@@ -202,11 +250,17 @@ def test_teacher_data_reads_back_with_the_training_readers(teacher_data):
     assert report.kept == rl_report.kept > 40
     accepted = [e.verdict.accepted for e in critic]
     assert 0.2 < sum(accepted) / len(accepted) < 0.9  # both verdicts are well represented
+    retries = {True: 0, False: 0}
     for sft, row in zip(critic, rl):
         assert sft.verdict.accepted == row.success
         assert row.success == (row.semantics == 10 and row.quality == 10)
-        if not sft.verdict.accepted:
-            assert is_precise(sft.verdict.refine_prompt)
+        if sft.prompt_used != sft.original_instruction:
+            retries[row.success] += 1
+    # The teacher's refined prompts are not all precise, so its retries go wrong as well as right: a Critic
+    # learns to judge a retry against the step.
+    assert retries[True] > 0 and retries[False] > 0
+    rejected = [e.verdict.refine_prompt for e in critic if not e.verdict.accepted]
+    assert 0.3 < sum(map(is_precise, rejected)) / len(rejected) < 0.9
 
 
 def test_teacher_rows_are_official_sharegpt_with_parseable_answers(teacher_data):
