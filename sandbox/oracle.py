@@ -209,15 +209,16 @@ class OraclePlanner:
 
 
 class OracleCritic:
-    """The sandbox's teacher Critic as an engine Agent: it reads both pictures' pixels."""
+    """The sandbox's oracle Critic as an engine Agent: it reads both pictures' pixels (``verdict_for``)."""
 
     name = CRITIC_NAME
+    judge = staticmethod(verdict_for)
 
     def complete(
         self, messages: Sequence[Message], *, seed: int, temperature: float | None = None, cancel=None
     ) -> str:
         before, after, original, used = critic_input(messages)
-        verdict = verdict_for(before, after, original, used)
+        verdict = self.judge(before, after, original, used)
         return answer(verdict.reasoning, verdict.to_dict())
 
 
@@ -225,13 +226,7 @@ class TeacherCritic(OracleCritic):
     """The teacher Critic as an engine Agent (the rollouts of the teacher data): :func:`teacher_verdict`."""
 
     name = TEACHER_CRITIC_NAME
-
-    def complete(
-        self, messages: Sequence[Message], *, seed: int, temperature: float | None = None, cancel=None
-    ) -> str:
-        before, after, original, used = critic_input(messages)
-        verdict = teacher_verdict(before, after, original, used)
-        return answer(verdict.reasoning, verdict.to_dict())
+    judge = staticmethod(teacher_verdict)
 
 
 __all__ = [
